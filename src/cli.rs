@@ -1,0 +1,291 @@
+//! Command-line flags: every `kubectl proxy` flag with kubectl's names, short forms and defaults, the
+//! kubeconfig flags kubectl accepts globally, and kproxy's own additions (marked "kproxy:" in `--help`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser};
+
+use crate::filter;
+
+/// kubectl's default port.
+pub const DEFAULT_PORT: u16 = 8001;
+
+/// The parsed command line.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "kproxy",
+    version,
+    about = "Creates a proxy server or application-level gateway between localhost and the Kubernetes API server.\n\
+             A drop-in replacement for `kubectl proxy`.",
+    override_usage = "kproxy [--port=PORT] [--www=static-dir] [--www-prefix=prefix] [--api-prefix=prefix] [options]"
+)]
+pub struct Cli {
+    /// The port on which to run the proxy. Set to 0 to pick a random port.
+    #[arg(short = 'p', long, default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+
+    /// The IP address on which to serve on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: String,
+
+    /// Unix socket on which to run the proxy.
+    #[arg(short = 'u', long = "unix-socket")]
+    pub unix_socket: Option<PathBuf>,
+
+    /// Prefix to serve the proxied API under.
+    #[arg(long = "api-prefix", default_value = "/")]
+    pub api_prefix: String,
+
+    /// Also serve static files from the given directory under the specified prefix.
+    #[arg(short = 'w', long)]
+    pub www: Option<PathBuf>,
+
+    /// Prefix to serve static files under, if static file directory is specified.
+    #[arg(short = 'P', long = "www-prefix", default_value = "/static/")]
+    pub www_prefix: String,
+
+    /// Regular expression for hosts that the proxy should accept.
+    #[arg(long = "accept-hosts", default_value = filter::DEFAULT_ACCEPT_HOSTS)]
+    pub accept_hosts: String,
+
+    /// Regular expression for paths that the proxy should accept.
+    #[arg(long = "accept-paths", default_value = filter::DEFAULT_ACCEPT_PATHS)]
+    pub accept_paths: String,
+
+    /// Regular expression for paths that the proxy should reject. Paths specified here will be rejected
+    /// even accepted by --accept-paths.
+    #[arg(long = "reject-paths", default_value = filter::DEFAULT_REJECT_PATHS)]
+    pub reject_paths: String,
+
+    /// Regular expression for HTTP methods that the proxy should reject (example --reject-methods='POST,PUT,PATCH').
+    #[arg(long = "reject-methods", default_value = filter::DEFAULT_REJECT_METHODS)]
+    pub reject_methods: String,
+
+    /// If true, disable request filtering in the proxy. This is dangerous, and can leave you vulnerable
+    /// to XSRF attacks, when used with an accessible port.
+    #[arg(long = "disable-filter", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub disable_filter: bool,
+
+    /// keepalive specifies the keep-alive period for an active network connection. Set to 0 to disable keepalive.
+    #[arg(long, default_value = "0s", value_parser = parse_go_duration)]
+    pub keepalive: GoDuration,
+
+    /// If true, enables automatic path appending of the kube context server path to each request.
+    #[arg(long = "append-server-path", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub append_server_path: bool,
+
+    // ---- kubeconfig and connection flags (kubectl global flags) ----
+    /// Path to the kubeconfig file to use for CLI requests.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The name of the kubeconfig context to use.
+    #[arg(long)]
+    pub context: Option<String>,
+
+    /// The name of the kubeconfig cluster to use.
+    #[arg(long)]
+    pub cluster: Option<String>,
+
+    /// The name of the kubeconfig user to use.
+    #[arg(long)]
+    pub user: Option<String>,
+
+    /// The address and port of the Kubernetes API server.
+    #[arg(short = 's', long)]
+    pub server: Option<String>,
+
+    /// Bearer token for authentication to the API server.
+    #[arg(long)]
+    pub token: Option<String>,
+
+    /// Username for basic authentication to the API server.
+    #[arg(long)]
+    pub username: Option<String>,
+
+    /// Password for basic authentication to the API server.
+    #[arg(long)]
+    pub password: Option<String>,
+
+    /// Path to a cert file for the certificate authority.
+    #[arg(long = "certificate-authority")]
+    pub certificate_authority: Option<PathBuf>,
+
+    /// Path to a client certificate file for TLS.
+    #[arg(long = "client-certificate")]
+    pub client_certificate: Option<PathBuf>,
+
+    /// Path to a client key file for TLS.
+    #[arg(long = "client-key")]
+    pub client_key: Option<PathBuf>,
+
+    /// If true, the server's certificate will not be checked for validity. This will make your HTTPS
+    /// connections insecure.
+    #[arg(long = "insecure-skip-tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub insecure_skip_tls_verify: Option<bool>,
+
+    /// Server name to use for server certificate validation. If it is not provided, the hostname used to
+    /// contact the server is used.
+    #[arg(long = "tls-server-name")]
+    pub tls_server_name: Option<String>,
+
+    /// Username to impersonate for the operation. User could be a regular user or a service account in a namespace.
+    #[arg(long = "as")]
+    pub as_user: Option<String>,
+
+    /// Group to impersonate for the operation, this flag can be repeated to specify multiple groups.
+    #[arg(long = "as-group")]
+    pub as_group: Vec<String>,
+
+    /// UID to impersonate for the operation.
+    #[arg(long = "as-uid")]
+    pub as_uid: Option<String>,
+
+    /// If true, opt-out of response compression for all requests to the server.
+    #[arg(long = "disable-compression", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub disable_compression: Option<bool>,
+
+    /// Accepted for compatibility; like kubectl proxy, kproxy puts no timeout on proxied requests.
+    #[arg(long = "request-timeout", default_value = "0")]
+    pub request_timeout: String,
+
+    /// Accepted for compatibility; the proxy does not use a namespace.
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+
+    /// Accepted for compatibility; unused by the proxy.
+    #[arg(long = "match-server-version", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, hide = true)]
+    pub match_server_version: Option<bool>,
+
+    /// Accepted for compatibility; unused by the proxy.
+    #[arg(long = "cache-dir", hide = true)]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Number for the log level verbosity (kubectl's klog levels: 3 logs filter decisions, 6 one line per
+    /// upstream request, 8 and above headers without credentials).
+    #[arg(short = 'v', long = "v", default_value_t = 0)]
+    pub verbosity: u8,
+
+    // ---- kproxy additions ----
+    /// kproxy: on SIGINT/SIGTERM, how long in-flight requests may take to finish (watches and other
+    /// long-running streams are ended at once).
+    #[arg(long = "shutdown-grace", default_value = "5s", value_parser = parse_go_duration)]
+    pub shutdown_grace: GoDuration,
+
+    /// kproxy: the service-account directory for in-cluster credentials (token, ca.crt, namespace).
+    /// Default: $KPROXY_INCLUSTER_DIR, else /var/run/secrets/kubernetes.io/serviceaccount.
+    #[arg(long = "incluster-dir")]
+    pub incluster_dir: Option<PathBuf>,
+}
+
+/// A Go `time.Duration` flag value, which may be negative (`--keepalive=-1s` disables keep-alive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GoDuration {
+    /// Whether the value was negative.
+    pub negative: bool,
+    /// The magnitude.
+    pub magnitude: Duration,
+}
+
+impl GoDuration {
+    /// The value as a non-negative duration, or `None` when it was negative.
+    pub fn non_negative(self) -> Option<Duration> {
+        (!self.negative).then_some(self.magnitude)
+    }
+}
+
+/// Parses Go's duration syntax: `0`, `300ms`, `1.5h`, `1m30s`, `-1s`; units ns, us, µs, ms, s, m, h.
+pub fn parse_go_duration(s: &str) -> Result<GoDuration, String> {
+    let err = || format!("invalid duration {s:?}: use Go syntax such as 30s, 1m30s or 500ms");
+    let (negative, mut rest) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    if rest == "0" {
+        return Ok(GoDuration {
+            negative,
+            magnitude: Duration::ZERO,
+        });
+    }
+    if rest.is_empty() {
+        return Err(err());
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(err)?;
+        if num_end == 0 {
+            return Err(err());
+        }
+        let value: f64 = rest[..num_end].parse().map_err(|_| err())?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(err()),
+        };
+        total += value * scale;
+        rest = &rest[unit_end..];
+    }
+    Ok(GoDuration {
+        negative,
+        magnitude: Duration::try_from_secs_f64(total).map_err(|_| err())?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        let d = |s| parse_go_duration(s).unwrap();
+        assert_eq!(d("0").magnitude, Duration::ZERO);
+        assert_eq!(d("0s").magnitude, Duration::ZERO);
+        assert_eq!(d("1m30s").magnitude, Duration::from_secs(90));
+        assert_eq!(d("500ms").magnitude, Duration::from_millis(500));
+        assert_eq!(d("1.5h").magnitude, Duration::from_secs(5400));
+        assert!(d("-1s").negative);
+        assert!(parse_go_duration("5").is_err());
+        assert!(parse_go_duration("s").is_err());
+        assert!(parse_go_duration("1x").is_err());
+    }
+
+    #[test]
+    fn kubectl_flag_spellings() {
+        let cli = Cli::try_parse_from([
+            "kproxy",
+            "-p",
+            "0",
+            "--address=::1",
+            "--disable-filter",
+            "--api-prefix",
+            "/k8s",
+            "--as-group=a",
+            "--as-group",
+            "b",
+            "--insecure-skip-tls-verify=false",
+            "-v=6",
+        ])
+        .unwrap();
+        assert_eq!(cli.port, 0);
+        assert_eq!(cli.address, "::1");
+        assert!(cli.disable_filter);
+        assert_eq!(cli.api_prefix, "/k8s");
+        assert_eq!(cli.as_group, ["a", "b"]);
+        assert_eq!(cli.insecure_skip_tls_verify, Some(false));
+        assert_eq!(cli.verbosity, 6);
+        let cli = Cli::try_parse_from(["kproxy", "--disable-filter=false"]).unwrap();
+        assert!(!cli.disable_filter);
+    }
+}

@@ -1,0 +1,254 @@
+//! Turns the command line and environment into a validated [`Config`], and builds the request
+//! [`Router`] from it. Every startup failure is a [`StartupError`] with its exit code decided here.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Auth, InvalidImpersonation};
+use crate::cli::{Cli, DEFAULT_PORT};
+use crate::credentials::{CredentialError, Credentials};
+use crate::env::Env;
+use crate::filter::{Filter, InvalidRegex};
+use crate::kubeconfig::{self, ConfigError, LoadOptions, Overrides, ResolvedConfig};
+use crate::proxy::Proxy;
+use crate::router::Router;
+use crate::static_files::StaticFiles;
+use crate::tls::{self, TlsError};
+use crate::upgrade::Upgrader;
+use crate::upstream;
+
+/// `EX_USAGE` from sysexits.h: the configuration is wrong.
+pub const EXIT_USAGE: u8 = 64;
+/// The generic failure code, for problems of the environment (a port in use).
+pub const EXIT_FAILURE: u8 = 1;
+
+/// What to listen on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// `--address` and `--port`.
+    Tcp {
+        /// As given: an IP (bracketed or not) or a host name.
+        address: String,
+        /// 0 picks a free port.
+        port: u16,
+    },
+    /// `--unix-socket`.
+    Unix(PathBuf),
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The listener.
+    pub listen: Listen,
+    /// `--api-prefix`, normalised to start and end with `/`.
+    pub api_prefix: String,
+    /// `--www` and `--www-prefix` (normalised).
+    pub www: Option<(PathBuf, String)>,
+    /// `None` with `--disable-filter`.
+    pub filter: Option<Filter>,
+    /// The API server and credentials.
+    pub cluster: ResolvedConfig,
+    /// `--append-server-path`.
+    pub append_server_path: bool,
+    /// TCP keep-alive for upgrade connections (`--keepalive`): `None` disables it.
+    pub keepalive: Option<Duration>,
+    /// `--shutdown-grace`.
+    pub shutdown_grace: Duration,
+    /// HTTP/2 to the API server (off when `DISABLE_HTTP2` is set, as in client-go).
+    pub http2: bool,
+}
+
+/// Why kproxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Flags that contradict each other.
+    #[error("{0}")]
+    Usage(String),
+    /// The kubeconfig or in-cluster configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A filter regex.
+    #[error(transparent)]
+    Filter(#[from] InvalidRegex),
+    /// TLS material.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Credentials.
+    #[error("credentials: {0}")]
+    Credential(#[from] CredentialError),
+    /// Impersonation values.
+    #[error(transparent)]
+    Impersonation(#[from] InvalidImpersonation),
+    /// The listener could not be created.
+    #[error("listen {addr}: {source}")]
+    Bind {
+        /// What was being bound.
+        addr: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+}
+
+impl StartupError {
+    /// The process exit code: 64 for configuration, 1 for the environment.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartupError::Bind { .. } => EXIT_FAILURE,
+            _ => EXIT_USAGE,
+        }
+    }
+}
+
+fn with_slashes(prefix: &str) -> String {
+    let mut p = String::with_capacity(prefix.len() + 2);
+    if !prefix.starts_with('/') {
+        p.push('/');
+    }
+    p.push_str(prefix);
+    if !p.ends_with('/') {
+        p.push('/');
+    }
+    p
+}
+
+impl Config {
+    /// Validates the flags and loads the cluster configuration.
+    pub fn from_cli(cli: &Cli, env: &dyn Env) -> Result<Config, StartupError> {
+        let listen = match &cli.unix_socket {
+            Some(path) if cli.port != DEFAULT_PORT => {
+                let _ = path;
+                return Err(StartupError::Usage(
+                    "cannot set --unix-socket and --port at the same time: drop one of them"
+                        .to_owned(),
+                ));
+            }
+            Some(path) => Listen::Unix(path.clone()),
+            None => Listen::Tcp {
+                address: cli.address.clone(),
+                port: cli.port,
+            },
+        };
+        let api_prefix = with_slashes(&cli.api_prefix);
+        let www = cli
+            .www
+            .as_ref()
+            .map(|dir| (dir.clone(), with_slashes(&cli.www_prefix)));
+        if let Some((_, www_prefix)) = &www {
+            if *www_prefix == api_prefix {
+                return Err(StartupError::Usage(format!(
+                    "--www-prefix and --api-prefix are both {api_prefix:?}: give them different values"
+                )));
+            }
+        }
+        let filter = if cli.disable_filter {
+            if !matches!(listen, Listen::Unix(_)) {
+                tracing::warn!("Request filter disabled, your proxy is vulnerable to XSRF attacks, please be cautious");
+            }
+            None
+        } else {
+            let f = Filter::new(
+                &cli.accept_paths,
+                &cli.reject_paths,
+                &cli.accept_hosts,
+                &cli.reject_methods,
+            )?;
+            if f.relaxed() {
+                tracing::warn!("Request filter has been relaxed, your proxy may be vulnerable to attacks, please be cautious");
+            }
+            Some(f)
+        };
+
+        let opts = LoadOptions {
+            kubeconfig: cli.kubeconfig.clone(),
+            context: cli.context.clone(),
+            cluster: cli.cluster.clone(),
+            user: cli.user.clone(),
+            incluster_dir: cli.incluster_dir.clone(),
+            overrides: Overrides {
+                server: cli.server.clone(),
+                token: cli.token.clone(),
+                username: cli.username.clone(),
+                password: cli.password.clone(),
+                certificate_authority: cli.certificate_authority.clone(),
+                client_certificate: cli.client_certificate.clone(),
+                client_key: cli.client_key.clone(),
+                insecure_skip_tls_verify: cli.insecure_skip_tls_verify,
+                tls_server_name: cli.tls_server_name.clone(),
+                as_user: cli.as_user.clone(),
+                as_groups: cli.as_group.clone(),
+                as_uid: cli.as_uid.clone(),
+                disable_compression: cli.disable_compression,
+            },
+        };
+        let cluster = kubeconfig::load(&opts, env)?;
+        if !cluster.server.path.is_empty() && !cli.append_server_path {
+            tracing::warn!(
+                "Your kube context contains a server path {}, use --append-server-path to automatically append the path to each request",
+                cluster.server.path
+            );
+        }
+        let keepalive = match cli.keepalive.non_negative() {
+            None => None,
+            // Go's dialer reads 0 as "the default", 15 s, not "off" as kubectl's help says.
+            Some(d) if d.is_zero() => Some(Duration::from_secs(15)),
+            Some(d) => Some(d),
+        };
+        Ok(Config {
+            listen,
+            api_prefix,
+            www,
+            filter,
+            cluster,
+            append_server_path: cli.append_server_path,
+            keepalive,
+            shutdown_grace: cli.shutdown_grace.non_negative().unwrap_or_default(),
+            http2: env.var("DISABLE_HTTP2").is_none(),
+        })
+    }
+}
+
+/// Handles shared between the router and the server for shutdown.
+#[derive(Debug, Clone, Default)]
+pub struct Lifecycle {
+    /// Fired at shutdown: ends watches, followed logs and upgrade tunnels.
+    pub streams: CancellationToken,
+    /// Upgrade tunnels, awaited at shutdown.
+    pub tunnels: TaskTracker,
+}
+
+/// Loads TLS material and credentials and builds the router. Fails on unreadable or mismatched keys.
+pub fn build_router(config: &Config, lifecycle: &Lifecycle) -> Result<Arc<Router>, StartupError> {
+    let material = tls::build(&config.cluster.tls, config.http2)?;
+    let client = upstream::client(&material, config.http2);
+    let credentials = Credentials::from_config(&config.cluster.auth)?;
+    let auth = Auth::new(credentials, &config.cluster.impersonate)?;
+    let upgrader = Upgrader::new(
+        &material,
+        config.keepalive,
+        lifecycle.tunnels.clone(),
+        lifecycle.streams.clone(),
+    );
+    let proxy = Proxy::new(
+        config.cluster.server.clone(),
+        config.append_server_path,
+        client,
+        auth,
+        upgrader,
+        lifecycle.streams.clone(),
+    );
+    let www = config
+        .www
+        .as_ref()
+        .map(|(dir, prefix)| (prefix.clone(), StaticFiles::new(dir, prefix)));
+    Ok(Arc::new(Router::new(
+        config.api_prefix.clone(),
+        www,
+        config.filter.clone(),
+        proxy,
+    )))
+}

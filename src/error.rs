@@ -1,0 +1,84 @@
+//! Request-time errors and the one place they become HTTP answers: a Kubernetes `Status` JSON whose
+//! message names the cause (kubectl proxy answers plain-text 500s instead).
+
+use http::{Response, StatusCode};
+
+use crate::body::Body;
+use crate::credentials::CredentialError;
+use crate::filter::Rejection;
+use crate::status;
+
+/// Why kproxy answered a request itself instead of relaying the API server's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request filter turned it away.
+    #[error("kproxy rejected {method} {path}: {rejection}")]
+    Filtered {
+        /// The request method.
+        method: String,
+        /// The request path.
+        path: String,
+        /// The rule.
+        rejection: Rejection,
+    },
+    /// No route serves the path.
+    #[error("the path {0:?} is not served by this proxy (check --api-prefix and --www-prefix)")]
+    NotFound(String),
+    /// The API server could not be reached (refused, unreachable, DNS, timeout).
+    #[error("cannot reach the API server {upstream}: {cause}")]
+    Unreachable {
+        /// The server URL.
+        upstream: String,
+        /// The error chain.
+        cause: String,
+    },
+    /// The connection failed after it was made: TLS, protocol, reset.
+    #[error("error talking to the API server {upstream}: {cause}")]
+    BadGateway {
+        /// The server URL.
+        upstream: String,
+        /// The error chain.
+        cause: String,
+    },
+    /// The credential for the request could not be produced.
+    #[error("kproxy could not obtain credentials for the API server: {0}")]
+    Credential(#[from] CredentialError),
+    /// The request itself is malformed.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
+
+impl ProxyError {
+    /// The HTTP status for this error. The single mapping from errors to codes.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Filtered { .. } => StatusCode::FORBIDDEN,
+            ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
+            ProxyError::Unreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Credential(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The `Status` response for this error.
+    pub fn into_response(self) -> Response<Body> {
+        let code = self.status();
+        status::response(code, status::reason_for(code), &self.to_string())
+    }
+}
+
+/// Renders an error and its sources as `a: b: c`, skipping a source whose text the parent already shows.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out
+}

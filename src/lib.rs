@@ -1,0 +1,61 @@
+//! kproxy: a drop-in replacement for `kubectl proxy`, the authenticating local gateway to the
+//! Kubernetes API.
+//!
+//! # Layout
+//! A request flows top to bottom through these modules:
+//! - [`cli`]: the command line, every `kubectl proxy` flag with kubectl's names and defaults.
+//! - [`env`]: environment variables behind a trait, so tests inject them.
+//! - [`config`]: validates flags into a [`config::Config`], builds the router, owns exit codes.
+//! - [`kubeconfig`]: finds, merges and resolves kubeconfig files (client-go rules) or in-cluster config.
+//! - [`credentials`]: bearer tokens, rotating token files and basic auth for the selected user.
+//! - [`tls`]: rustls configuration: trust roots, insecure mode, server name, client certificate.
+//! - [`upstream`]: the pooled HTTP/1.1 + HTTP/2 client to the API server.
+//! - [`server`]: listener (TCP or unix socket), accept loop, connection limits, graceful drain.
+//! - [`router`]: path cleaning, prefix routing between the API and static files.
+//! - [`filter`]: kubectl's regex filter on path, method and Host.
+//! - [`static_files`]: `--www` static files, confined to their directory.
+//! - [`proxy`]: rewrites and relays a request, streaming both bodies.
+//! - [`auth`]: applies credentials and impersonation with client-go's precedence.
+//! - [`upgrade`]: WebSocket/SPDY upgrade tunnels for exec, attach and port-forward.
+//! - [`headers`]: the hop-by-hop header table (RFC 9110 §7.6.1).
+//! - [`error`] and [`status`]: request errors, mapped once to Kubernetes `Status` JSON.
+//! - [`body`]: the response body type, allocation-free on the relay path.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms, missing_docs)]
+
+pub mod auth;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod credentials;
+pub mod env;
+pub mod error;
+pub mod filter;
+pub mod headers;
+pub mod kubeconfig;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod static_files;
+pub mod status;
+pub mod tls;
+pub mod upgrade;
+pub mod upstream;
+
+use std::future::Future;
+
+pub use config::{Config, StartupError};
+pub use server::Listener;
+
+/// Runs kproxy on an already-bound listener until `shutdown` completes, then drains within
+/// `config.shutdown_grace`. This is the library entry point; tests bind `127.0.0.1:0` and call it.
+pub async fn run(
+    config: Config,
+    listener: Listener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartupError> {
+    let lifecycle = config::Lifecycle::default();
+    let router = config::build_router(&config, &lifecycle)?;
+    server::serve(listener, router, lifecycle, shutdown, config.shutdown_grace).await;
+    Ok(())
+}

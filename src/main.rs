@@ -1,0 +1,120 @@
+//! The `kproxy` binary: parse → validate → bind → print the startup line → serve → drain.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use kproxy::cli::Cli;
+use kproxy::config::{self, Config, Lifecycle, EXIT_USAGE};
+use kproxy::env::ProcessEnv;
+use kproxy::server::{self, Listener};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_tracing(cli.verbosity);
+
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let config = match Config::from_cli(&cli, &ProcessEnv) {
+            Ok(c) => c,
+            Err(e) => return fail(e),
+        };
+        let lifecycle = Lifecycle::default();
+        let router = match config::build_router(&config, &lifecycle) {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        };
+        let listener = match Listener::bind(&config.listen).await {
+            Ok(l) => l,
+            Err(e) => return fail(e),
+        };
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "Starting to serve on {}", listener.display_addr());
+        let _ = stdout.flush();
+        drop(stdout);
+        server::serve(
+            listener,
+            router,
+            lifecycle,
+            shutdown_signal(),
+            config.shutdown_grace,
+        )
+        .await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn fail(e: kproxy::StartupError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(e.exit_code())
+}
+
+/// One thread by default: a local proxy is I/O-bound, and one thread costs the least CPU per request and
+/// memory. `KPROXY_WORKER_THREADS=N` (N > 1) uses a multi-threaded runtime instead.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = std::env::var("KPROXY_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1);
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+}
+
+/// kubectl's `-v` levels mapped onto tracing levels: 0–1 warnings, 2–3 info (filter rejections),
+/// 4–5 debug (filter decisions, connection errors), 6+ trace. `RUST_LOG` wins when set.
+fn init_tracing(verbosity: u8) {
+    let level = match verbosity {
+        0..=1 => "warn",
+        2..=3 => "info",
+        4..=5 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("kproxy={level},warn")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    let mut int = match signal(SignalKind::interrupt()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
