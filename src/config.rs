@@ -223,7 +223,7 @@ pub struct Lifecycle {
 
 /// Loads TLS material and credentials and builds the router. Fails on unreadable or mismatched keys.
 pub fn build_router(config: &Config, lifecycle: &Lifecycle) -> Result<Arc<Router>, StartupError> {
-    let material = tls::build(&config.cluster.tls, config.http2)?;
+    let material = tls::build(&config.cluster.tls)?;
     let client = upstream::client(&material, config.http2);
     let credentials = Credentials::from_config(&config.cluster.auth)?;
     let auth = Auth::new(credentials, &config.cluster.impersonate)?;

@@ -103,7 +103,7 @@ pub enum Rejection {
         regex: String,
     },
     /// No `--accept-paths` regex matched.
-    #[error("path {path:?} matches no --accept-paths regex ({list:?})")]
+    #[error("path {path:?} matches no --accept-paths regex (--accept-paths={list})")]
     PathNotAccepted {
         /// The decoded request path.
         path: String,
@@ -111,7 +111,7 @@ pub enum Rejection {
         list: String,
     },
     /// No `--accept-hosts` regex matched.
-    #[error("host {host:?} matches no --accept-hosts regex ({list:?}); this check protects against DNS rebinding, widen --accept-hosts to allow it")]
+    #[error("host {host:?} matches no --accept-hosts regex (--accept-hosts={list}); this check protects against DNS rebinding, widen --accept-hosts to allow it")]
     HostNotAccepted {
         /// The Host the request named, port removed.
         host: String,

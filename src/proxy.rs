@@ -98,6 +98,8 @@ impl Proxy {
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        // The client connection is HTTP/1.1 whatever the upstream spoke.
+        parts.version = http::Version::HTTP_11;
         let body = if long_running {
             Body::stream(body, self.streams.clone().cancelled_owned())
         } else {

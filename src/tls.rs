@@ -101,10 +101,9 @@ impl ResolvesClientCert for ClientIdentity {
 /// Everything the connectors need.
 #[derive(Debug, Clone)]
 pub struct TlsMaterial {
-    /// For ordinary requests: ALPN `h2`, `http/1.1` (only `http/1.1` when HTTP/2 is disabled).
+    /// The client configuration, without ALPN: each connector sets the protocols it speaks
+    /// (`h2` + `http/1.1` for ordinary requests, `http/1.1` alone for upgrades).
     pub config: Arc<ClientConfig>,
-    /// For upgrades, which must be HTTP/1.1: ALPN `http/1.1` only.
-    pub http1_config: Arc<ClientConfig>,
     /// `tls-server-name`, when set.
     pub server_name: Option<ServerName<'static>>,
     /// The swappable client certificate.
@@ -112,7 +111,7 @@ pub struct TlsMaterial {
 }
 
 /// Reads and checks the TLS material and builds the client configurations.
-pub fn build(settings: &TlsSettings, http2: bool) -> Result<TlsMaterial, TlsError> {
+pub fn build(settings: &TlsSettings) -> Result<TlsMaterial, TlsError> {
     let provider = provider();
     let key = match (&settings.client_cert, &settings.client_key) {
         (Some(cert), Some(key)) => Some(Arc::new(load_identity(&provider, cert, key)?)),
@@ -134,17 +133,9 @@ pub fn build(settings: &TlsSettings, http2: bool) -> Result<TlsMaterial, TlsErro
     } else {
         builder.with_root_certificates(root_store(settings.ca.as_ref())?)
     };
-    let mut config = builder.with_client_cert_resolver(identity.clone());
-    let mut http1_config = config.clone();
-    http1_config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config.alpn_protocols = if http2 {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
+    let config = builder.with_client_cert_resolver(identity.clone());
     Ok(TlsMaterial {
         config: Arc::new(config),
-        http1_config: Arc::new(http1_config),
         server_name,
         identity,
     })

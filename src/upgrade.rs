@@ -37,7 +37,7 @@ impl Upgrader {
         stop: CancellationToken,
     ) -> Self {
         let builder = HttpsConnectorBuilder::new()
-            .with_tls_config((*tls.http1_config).clone())
+            .with_tls_config((*tls.config).clone())
             .https_or_http();
         let builder = match &tls.server_name {
             Some(name) => {
@@ -111,6 +111,7 @@ impl Upgrader {
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            parts.version = http::Version::HTTP_11;
             return Ok(Response::from_parts(parts, Body::upstream(body)));
         }
 
