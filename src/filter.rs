@@ -27,15 +27,14 @@ pub struct RegexList {
 
 /// A regex in a filter flag that does not compile.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid regex {regex:?} in --{flag}: {source}")]
+#[error("invalid regex {regex:?} in --{flag}: {reason}")]
 pub struct InvalidRegex {
     /// The flag that held it.
     pub flag: &'static str,
     /// The offending part.
     pub regex: String,
-    /// Why it failed to compile.
-    #[source]
-    pub source: regex::Error,
+    /// Why it failed to compile, on one line.
+    pub reason: String,
 }
 
 impl RegexList {
@@ -47,10 +46,17 @@ impl RegexList {
             value
                 .split(',')
                 .map(|part| {
-                    Regex::new(part).map_err(|source| InvalidRegex {
+                    Regex::new(part).map_err(|e| InvalidRegex {
                         flag,
                         regex: part.to_owned(),
-                        source,
+                        // regex renders a multi-line caret diagram; its last line is the reason.
+                        reason: e
+                            .to_string()
+                            .lines()
+                            .last()
+                            .unwrap_or("")
+                            .trim_start_matches("error: ")
+                            .to_owned(),
                     })
                 })
                 .collect::<Result<_, _>>()?

@@ -820,7 +820,8 @@ fn parse_server(raw: &str, tls: &TlsSettings) -> Result<Server, ConfigError> {
         .ok_or_else(|| ConfigError::Invalid(format!("server {raw:?} has no host")))?;
     if authority.as_str().contains('@') {
         return Err(ConfigError::Invalid(
-            "server URL must not carry user information; use the user entry's credentials instead".to_owned(),
+            "server URL must not carry user information; use the user entry's credentials instead"
+                .to_owned(),
         ));
     }
     let path = uri.path().trim_end_matches('/').to_owned();

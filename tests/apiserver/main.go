@@ -5,16 +5,20 @@
 //
 //	TESTENV_DIR   directory to write into (created if missing; should be empty). Required.
 //	TESTENV_PORT  secure port of the apiserver (default: a free port).
+//	TESTENV_VERBOSE=1  copy the complete log to stderr (default: errors only).
 //
 // Extra command-line arguments are passed to kube-apiserver after the built-in
 // ones (later flags win), e.g. `k8s-testenv -v=4`.
 //
 // Once /readyz is ok and the bootstrap objects exist, it prints exactly one
-// line to stdout: `ready https://127.0.0.1:PORT`. All logs go to stderr.
+// line to stdout: `ready https://127.0.0.1:PORT`. The complete apiserver and
+// etcd log goes to TESTENV_DIR/testenv.log; stderr gets only errors (minus a
+// few known-harmless start-up messages) unless TESTENV_VERBOSE=1.
 // SIGTERM/SIGINT stop it (a second signal exits immediately).
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -29,6 +33,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 	_ "time/tzdata" // as in cmd/kube-apiserver: timeZone support in CronJob
@@ -65,6 +70,7 @@ func main() {
 	check(err, "TESTENV_DIR")
 	check(os.MkdirAll(dir, 0o700), "create TESTENV_DIR")
 	p := func(name string) string { return filepath.Join(dir, name) }
+	setupLogs(p("testenv.log"), os.Getenv("TESTENV_VERBOSE") == "1")
 
 	port := os.Getenv("TESTENV_PORT")
 	if port == "" {
@@ -87,7 +93,6 @@ func main() {
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
 		"--secure-port=" + port,
-		"--cert-dir=" + p("apiserver-certs"), // unused (cert files given), keeps the default out of the cwd
 		"--tls-cert-file=" + p("apiserver.crt"),
 		"--tls-private-key-file=" + p("apiserver.key"),
 		"--client-ca-file=" + p("client-ca.crt"),
@@ -114,6 +119,7 @@ func main() {
 	code := cli.Run(cmd) // blocks until the signal context is cancelled and the server has shut down
 	stopping.Store(true)
 	etcd.Close()
+	flushLogs()
 	os.Exit(code)
 }
 
@@ -129,6 +135,7 @@ func startEtcd(dataDir string) (*embed.Etcd, string) {
 		cfg.Dir = dataDir
 		cfg.UnsafeNoFsync = true // throw-away single member
 		cfg.LogLevel = "error"
+		cfg.LogOutputs = []string{"stderr"} // os.Stderr, i.e. the log pipe (see setupLogs)
 		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
 		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
 		cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
@@ -256,7 +263,10 @@ func bootstrap(p func(string) string, server string) error {
 		{"clusterrolebinding kproxy-sa-view", func() error {
 			_, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
 				ObjectMeta: metav1.ObjectMeta{Name: "kproxy-sa-view"},
-				RoleRef:    rbacv1.RoleRef{APIGroup: rbac, Kind: "ClusterRole", Name: "view"},
+				// Not "view": that ClusterRole is aggregated, and the aggregation controller runs in
+				// kube-controller-manager, so here it has no rules. system:aggregate-to-view holds
+				// the actual rules of "view" (get/list/watch on most namespaced resources).
+				RoleRef:    rbacv1.RoleRef{APIGroup: rbac, Kind: "ClusterRole", Name: "system:aggregate-to-view"},
 				Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: "default", Name: "kproxy-sa"}},
 			}, metav1.CreateOptions{})
 			return err
@@ -350,6 +360,93 @@ func read(file string) []byte {
 	return b
 }
 
+// Logging. klog (apiserver) and zap (etcd) write to os.Stderr, which setupLogs
+// replaces with a pipe: every line goes to the log file; klog lines go on to
+// the real stderr only if they are errors (E/F), other lines (etcd JSON,
+// cobra errors) unless the server is stopping (etcd complains about closed
+// listeners then). Indented lines follow the line they continue. Go runtime
+// panics write to file descriptor 2 directly and are never filtered.
+var (
+	realStderr = os.Stderr
+	logPipe    *os.File
+	logDone    = make(chan struct{})
+)
+
+// Logged at E level on every start, harmless here (no controller-manager, no
+// manifest-based admission config, fresh etcd); still in the log file.
+var benign = []string{
+	"The manifest file is empty, ignoring",
+	"Failed to ensure lease exists, will retry",
+	"Found stale data, removed previous endpoints on kubernetes service",
+	"is not allocated; repairing",
+}
+
+func setupLogs(file string, verbose bool) {
+	f, err := os.OpenFile(file, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	check(err, "open log file")
+	r, w, err := os.Pipe()
+	check(err, "create log pipe")
+	os.Stderr, logPipe = w, w
+	go func() {
+		defer close(logDone)
+		br := bufio.NewReaderSize(r, 64<<10)
+		forward := true
+		for {
+			line, err := br.ReadString('\n')
+			if line != "" {
+				f.WriteString(line)
+				switch {
+				case verbose:
+					forward = true
+				case isKlogHeader(line):
+					forward = line[0] == 'E' || line[0] == 'F'
+					for _, b := range benign {
+						if strings.Contains(line, b) {
+							forward = false
+						}
+					}
+				case line[0] == ' ' || line[0] == '\t':
+					// continuation of the previous entry
+				default:
+					forward = !stopping.Load()
+				}
+				if forward {
+					realStderr.WriteString(line)
+				}
+			}
+			if err != nil {
+				f.Close()
+				return
+			}
+		}
+	}()
+}
+
+// isKlogHeader matches "Lmmdd hh:mm:ss.uuuuuu ..." with L one of I, W, E, F.
+func isKlogHeader(line string) bool {
+	if len(line) < 6 || !strings.ContainsRune("IWEF", rune(line[0])) || line[5] != ' ' {
+		return false
+	}
+	for _, c := range line[1:5] {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// flushLogs drains the log pipe before the process exits.
+func flushLogs() {
+	if logPipe == nil {
+		return
+	}
+	logPipe.Close()
+	select {
+	case <-logDone:
+	case <-time.After(2 * time.Second):
+	}
+}
+
 func check(err error, what string) {
 	if err != nil {
 		fatalf("%s: %v", what, err)
@@ -357,6 +454,12 @@ func check(err error, what string) {
 }
 
 func fatalf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "k8s-testenv: "+format+"\n", args...)
+	msg := fmt.Sprintf("k8s-testenv: "+format+"\n", args...)
+	if logPipe != nil {
+		logPipe.WriteString(msg) // into the log file as well
+		flushLogs()
+	} else {
+		realStderr.WriteString(msg)
+	}
 	os.Exit(1)
 }

@@ -1,0 +1,897 @@
+//! The in-process test bed: a PKI from rcgen, a fake API server (hyper + rustls) that records what it
+//! receives, kproxy started through the library entry point on `127.0.0.1:0`, the real `kproxy` binary
+//! for CLI tests, and small clients. Each integration test file does `mod common;` and uses what it needs.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use kproxy::cli::Cli;
+use kproxy::config::{Config, Listen};
+use kproxy::env::MapEnv;
+use kproxy::server::Listener;
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+use rustls_pki_types::pem::PemObject;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>, Recorded) -> Pin<Box<dyn Future<Output = Response<BoxBody>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Upper bound for any single wait in a test: long enough for a loaded 2-core CI machine, short enough
+/// that a hang fails instead of stalling the suite.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn full(b: impl Into<Bytes>) -> BoxBody {
+    Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+// ---------------------------------------------------------------------------------------------------
+// PKI
+
+/// A throwaway CA plus helpers to issue server and client certificates, all written into a temp dir.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    ca_params: CertificateParams,
+    ca_key: KeyPair,
+    pub ca_pem: String,
+    pub ca_path: PathBuf,
+}
+
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub der: Vec<u8>,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "kproxy-test-ca");
+        ca_params.distinguished_name = dn;
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let ca_pem = ca_cert.pem();
+        let ca_path = dir.path().join("ca.crt");
+        std::fs::write(&ca_path, &ca_pem).unwrap();
+        Pki {
+            dir,
+            ca_params,
+            ca_key,
+            ca_pem,
+            ca_path,
+        }
+    }
+
+    fn issue(&self, name: &str, params: CertificateParams) -> Issued {
+        let key = KeyPair::generate().unwrap();
+        let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let cert_path = self.dir.path().join(format!("{name}.crt"));
+        let key_path = self.dir.path().join(format!("{name}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_path,
+            key_path,
+            der: cert.der().to_vec(),
+        }
+    }
+
+    /// A serving certificate for localhost, 127.0.0.1 and ::1 plus `extra` names.
+    pub fn server(&self, name: &str, extra: &[&str]) -> Issued {
+        let mut names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
+        names.extend(extra.iter().map(|s| s.to_string()));
+        let mut params = CertificateParams::new(names).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(name, params)
+    }
+
+    /// A client certificate for user `cn` in groups `orgs`.
+    pub fn client(&self, name: &str, cn: &str, orgs: &[&str]) -> Issued {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        for o in orgs {
+            dn.push(DnType::OrganizationName, *o);
+        }
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(name, params)
+    }
+
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, contents).unwrap();
+        p
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Fake API server
+
+/// What the fake API server saw of one request.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    /// Path and query exactly as received.
+    pub uri: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+    /// DER of the client certificate presented on the connection, if any.
+    pub peer_cert: Option<Vec<u8>>,
+    pub body_len: u64,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("").to_owned())
+            .collect()
+    }
+}
+
+pub struct FakeApiBuilder {
+    tls: bool,
+    h2: bool,
+    routes: Vec<(String, Handler)>,
+    pki: Option<Arc<Pki>>,
+}
+
+/// A running fake API server.
+pub struct FakeApi {
+    pub addr: SocketAddr,
+    /// `https://127.0.0.1:PORT` or `http://...`.
+    pub url: String,
+    pub pki: Arc<Pki>,
+    /// The serving certificate, for tests that need it.
+    pub server_cert: Arc<Issued>,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+    /// Events pushed here are written to every open watch (one chunk each).
+    pub watch_tx: broadcast::Sender<Bytes>,
+    /// Receives the request URI of each watch whose client went away (response body dropped).
+    pub watch_closed: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
+    /// Receives the request URI each time a watch starts streaming.
+    pub watch_opened: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
+    /// Count of TCP connections accepted.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    _shutdown: oneshot::Sender<()>,
+}
+
+impl FakeApi {
+    pub fn builder() -> FakeApiBuilder {
+        FakeApiBuilder {
+            tls: true,
+            h2: true,
+            routes: Vec::new(),
+            pki: None,
+        }
+    }
+
+    /// Every request received so far.
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.recorded.lock().unwrap().clone()
+    }
+
+    /// The last request received.
+    pub fn last(&self) -> Recorded {
+        self.recorded()
+            .last()
+            .cloned()
+            .expect("the fake API server received no request")
+    }
+
+    /// Waits for the next watch to open and returns its URI.
+    pub async fn next_watch_opened(&self) -> String {
+        let mut rx = self.watch_opened.lock().await;
+        tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("no watch opened")
+            .unwrap()
+    }
+
+    /// Waits for a watch to be closed by its client and returns its URI.
+    pub async fn next_watch_closed(&self, within: Duration) -> Option<String> {
+        let mut rx = self.watch_closed.lock().await;
+        tokio::time::timeout(within, rx.recv()).await.ok().flatten()
+    }
+}
+
+impl FakeApiBuilder {
+    pub fn http(mut self) -> Self {
+        self.tls = false;
+        self
+    }
+    pub fn http1_only(mut self) -> Self {
+        self.h2 = false;
+        self
+    }
+    pub fn pki(mut self, pki: Arc<Pki>) -> Self {
+        self.pki = Some(pki);
+        self
+    }
+    /// Requests whose path starts with `prefix` go to `handler` (first match wins; built-ins last).
+    pub fn route<F, Fut>(mut self, prefix: &str, handler: F) -> Self
+    where
+        F: Fn(Request<Incoming>, Recorded) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<BoxBody>> + Send + 'static,
+    {
+        let h: Handler = Arc::new(move |req, rec| Box::pin(handler(req, rec)));
+        self.routes.push((prefix.to_owned(), h));
+        self
+    }
+
+    pub async fn start(self) -> FakeApi {
+        let pki = self.pki.unwrap_or_else(|| Arc::new(Pki::new()));
+        let server_cert = Arc::new(pki.server("apiserver", &[]));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let scheme = if self.tls { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{}", addr.port());
+
+        let acceptor = self.tls.then(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(
+                    rustls_pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes())
+                        .unwrap(),
+                )
+                .unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .allow_unauthenticated()
+            .build()
+            .unwrap();
+            let certs = vec![rustls_pki_types::CertificateDer::from_pem_slice(
+                server_cert.cert_pem.as_bytes(),
+            )
+            .unwrap()];
+            let key =
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(server_cert.key_pem.as_bytes())
+                    .unwrap();
+            let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(certs, key)
+                .unwrap();
+            cfg.alpn_protocols = if self.h2 {
+                vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+            } else {
+                vec![b"http/1.1".to_vec()]
+            };
+            tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+        });
+
+        let recorded = Arc::new(Mutex::new(Vec::new()));
+        let (watch_tx, _) = broadcast::channel(1024);
+        let (closed_tx, closed_rx) = mpsc::unbounded_channel();
+        let (opened_tx, opened_rx) = mpsc::unbounded_channel();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (shutdown_tx, mut shutdown_rx) = oneshot::channel::<()>();
+        let state = Arc::new(State {
+            routes: self.routes,
+            recorded: recorded.clone(),
+            watch_tx: watch_tx.clone(),
+            closed_tx,
+            opened_tx,
+        });
+        let conns = connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    _ = &mut shutdown_rx => break,
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                };
+                conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let state = state.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let _ = tcp.set_nodelay(true);
+                    match acceptor {
+                        Some(acceptor) => {
+                            let Ok(tls) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            let peer = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(|c| c.to_vec());
+                            serve_conn(TokioIo::new(tls), state, peer).await;
+                        }
+                        None => serve_conn(TokioIo::new(tcp), state, None).await,
+                    }
+                });
+            }
+        });
+        FakeApi {
+            addr,
+            url,
+            pki,
+            server_cert,
+            recorded,
+            watch_tx,
+            watch_closed: tokio::sync::Mutex::new(closed_rx),
+            watch_opened: tokio::sync::Mutex::new(opened_rx),
+            connections,
+            _shutdown: shutdown_tx,
+        }
+    }
+}
+
+struct State {
+    routes: Vec<(String, Handler)>,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+    watch_tx: broadcast::Sender<Bytes>,
+    closed_tx: mpsc::UnboundedSender<String>,
+    opened_tx: mpsc::UnboundedSender<String>,
+}
+
+async fn serve_conn<I>(io: I, state: Arc<State>, peer: Option<Vec<u8>>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let state = state.clone();
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(handle(req, state, peer).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(100);
+    let _ = builder.serve_connection_with_upgrades(io, svc).await;
+}
+
+fn record(req: &Request<Incoming>, peer: Option<Vec<u8>>) -> Recorded {
+    Recorded {
+        method: req.method().clone(),
+        uri: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default(),
+        version: req.version(),
+        headers: req.headers().clone(),
+        peer_cert: peer,
+        body_len: 0,
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<State>,
+    peer: Option<Vec<u8>>,
+) -> Response<BoxBody> {
+    let rec = record(&req, peer);
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    for (prefix, h) in &state.routes {
+        if path.starts_with(prefix.as_str()) {
+            state.recorded.lock().unwrap().push(rec.clone());
+            return h(req, rec).await;
+        }
+    }
+    if query
+        .split('&')
+        .any(|p| p == "watch=true" || p == "watch=1")
+        || path.contains("/watch/")
+    {
+        state.recorded.lock().unwrap().push(rec.clone());
+        return watch_response(&state, rec.uri.clone());
+    }
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        state.recorded.lock().unwrap().push(rec.clone());
+        return bytes_response(n.parse().unwrap_or(0));
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        state.recorded.lock().unwrap().push(rec);
+        let code = StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap();
+        return Response::builder()
+            .status(code)
+            .header("content-type", "application/json")
+            .body(full(format!(
+                "{{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"status\":\"Failure\",\"code\":{}}}",
+                code.as_u16()
+            )))
+            .unwrap();
+    }
+    if path == "/version" {
+        state.recorded.lock().unwrap().push(rec);
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(full(
+                r#"{"major":"1","minor":"37","gitVersion":"v1.37.0-fake"}"#,
+            ))
+            .unwrap();
+    }
+    // Default: drain (count) the body and echo what was received.
+    let mut rec = rec;
+    let mut body = req.into_body();
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    len += d.len() as u64;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    rec.body_len = len;
+    state.recorded.lock().unwrap().push(rec.clone());
+    let headers: HashMap<String, Vec<String>> = rec
+        .headers
+        .keys()
+        .map(|k| (k.as_str().to_owned(), rec.header_all(k.as_str())))
+        .collect();
+    let echo = serde_json::json!({
+        "method": rec.method.as_str(),
+        "uri": rec.uri,
+        "version": format!("{:?}", rec.version),
+        "headers": headers,
+        "body_len": len,
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(full(serde_json::to_vec(&echo).unwrap()))
+        .unwrap()
+}
+
+/// Notifies `closed_tx` when dropped: the response body of a watch goes away when the client (kproxy)
+/// cancels the request.
+struct DropSignal(mpsc::UnboundedSender<String>, String);
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        let _ = self.0.send(self.1.clone());
+    }
+}
+
+fn watch_response(state: &State, uri: String) -> Response<BoxBody> {
+    let mut rx = state.watch_tx.subscribe();
+    let guard = DropSignal(state.closed_tx.clone(), uri.clone());
+    let _ = state.opened_tx.send(uri);
+    let stream = async_stream(
+        move |tx: mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>| async move {
+            let _guard = guard;
+            loop {
+                tokio::select! {
+                    ev = rx.recv() => match ev {
+                        Ok(b) if b.is_empty() => break, // an empty event ends every watch (server-side close)
+                        Ok(b) => if tx.send(Ok(Frame::data(b))).await.is_err() { break },
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => break,
+                    },
+                    _ = tx.closed() => break,
+                }
+            }
+        },
+    );
+    Response::builder()
+        .header("content-type", "application/json")
+        .header("transfer-encoding", "chunked")
+        .body(stream)
+        .unwrap()
+}
+
+/// `n` bytes of a repeating pattern, in 64 KiB chunks, generated on the fly.
+fn bytes_response(n: u64) -> Response<BoxBody> {
+    let stream = async_stream(
+        move |tx: mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>| async move {
+            let chunk = Bytes::from(pattern(64 * 1024));
+            let mut left = n;
+            while left > 0 {
+                let take = left.min(chunk.len() as u64) as usize;
+                if tx.send(Ok(Frame::data(chunk.slice(..take)))).await.is_err() {
+                    break;
+                }
+                left -= take as u64;
+            }
+        },
+    );
+    Response::builder()
+        .header("content-type", "application/octet-stream")
+        .header("content-length", n.to_string())
+        .body(stream)
+        .unwrap()
+}
+
+/// The byte pattern used by `/bytes/N`: position modulo 251.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// A body fed by a task writing into a channel; the task sees `tx.closed()` when the body is dropped.
+pub fn async_stream<F, Fut>(f: F) -> BoxBody
+where
+    F: FnOnce(mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(f(tx));
+    StreamBody::new(ReceiverStream(rx)).boxed_unsync()
+}
+
+struct ReceiverStream<T>(mpsc::Receiver<T>);
+impl<T> futures_util::Stream for ReceiverStream<T> {
+    type Item = T;
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Kubeconfigs
+
+/// Writes a kubeconfig with one cluster/context/user. `user` is YAML for the `user:` mapping, indented
+/// by the caller-neutral form `key: value` lines (they are indented here).
+pub fn kubeconfig(
+    dir: &Path,
+    name: &str,
+    server: &str,
+    cluster_extra: &str,
+    user: &str,
+) -> PathBuf {
+    let indent = |s: &str, n: usize| {
+        s.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| format!("{}{l}\n", " ".repeat(n)))
+            .collect::<String>()
+    };
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n{}contexts:\n- name: test\n  context:\n    cluster: test\n    user: test-user\n    namespace: default\ncurrent-context: test\nusers:\n- name: test-user\n  user:\n{}",
+        indent(cluster_extra, 4),
+        if user.trim().is_empty() { "    {}\n".to_owned() } else { indent(user, 4) },
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// A kubeconfig for `api` trusting its CA, with the given user YAML.
+pub fn kubeconfig_for(api: &FakeApi, name: &str, user: &str) -> PathBuf {
+    kubeconfig(
+        api.pki.dir.path(),
+        name,
+        &api.url,
+        &format!("certificate-authority: {}", api.pki.ca_path.display()),
+        user,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------------
+// kproxy in process
+
+/// kproxy running in this process on 127.0.0.1:0.
+pub struct Kproxy {
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), kproxy::StartupError>>>,
+}
+
+impl Kproxy {
+    /// Starts kproxy with these flags (without the program name). The listen flags are replaced by
+    /// `127.0.0.1:0`. `env` is the only environment kproxy sees.
+    pub async fn start(args: &[&str], env: MapEnv) -> Result<Kproxy, kproxy::StartupError> {
+        let cli = Cli::try_parse_from(std::iter::once("kproxy").chain(args.iter().copied()))
+            .map_err(|e| kproxy::StartupError::Usage(e.to_string()))?;
+        let mut config = Config::from_cli(&cli, &env)?;
+        config.listen = Listen::Tcp {
+            address: "127.0.0.1".into(),
+            port: 0,
+        };
+        let listener = Listener::bind(&config.listen).await?;
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        // Build errors (bad keys) surface before the listener is used: check them here.
+        let lifecycle = kproxy::config::Lifecycle::default();
+        kproxy::config::build_router(&config, &lifecycle)?;
+        let task = tokio::spawn(kproxy::run(config, listener, async move {
+            let _ = rx.await;
+        }));
+        Ok(Kproxy {
+            addr,
+            url: format!("http://127.0.0.1:{}", addr.port()),
+            shutdown: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    /// Starts kproxy against `kubeconfig` plus extra flags, with an empty environment.
+    pub async fn with_kubeconfig(kubeconfig: &Path, extra: &[&str]) -> Kproxy {
+        let kc = format!("--kubeconfig={}", kubeconfig.display());
+        let mut args = vec![kc.as_str()];
+        args.extend_from_slice(extra);
+        Kproxy::start(&args, MapEnv::default())
+            .await
+            .expect("kproxy failed to start")
+    }
+
+    /// Signals shutdown and waits for kproxy to finish draining; returns how long that took.
+    pub async fn stop(mut self) -> Duration {
+        let start = std::time::Instant::now();
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("kproxy did not stop")
+                .unwrap()
+                .unwrap();
+        }
+        start.elapsed()
+    }
+
+    /// Signals shutdown without waiting.
+    pub fn signal_stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits for the server task to finish (after `signal_stop`).
+    pub async fn join(mut self) {
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("kproxy did not stop")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Clients
+
+/// An HTTP/1.1 client (no pooling surprises: a fresh connection per request).
+pub async fn send(req: Request<BoxBody>) -> Response<Incoming> {
+    let uri = req.uri().clone();
+    let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap());
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let (mut parts, body) = req.into_parts();
+    if !parts.headers.contains_key(http::header::HOST) {
+        parts.headers.insert(
+            http::header::HOST,
+            format!("localhost:{}", uri.port_u16().unwrap())
+                .parse()
+                .unwrap(),
+        );
+    }
+    parts.uri = uri.path_and_query().unwrap().as_str().parse().unwrap();
+    tokio::time::timeout(WAIT, sender.send_request(Request::from_parts(parts, body)))
+        .await
+        .expect("request timed out")
+        .unwrap()
+}
+
+/// GET `url` with Host `localhost` and return status, headers and the whole body.
+pub async fn get(url: &str) -> (StatusCode, HeaderMap, Bytes) {
+    let resp = send(Request::get(url).body(full(Bytes::new())).unwrap()).await;
+    collect(resp).await
+}
+
+pub async fn collect(resp: Response<Incoming>) -> (StatusCode, HeaderMap, Bytes) {
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(WAIT, body.collect())
+        .await
+        .expect("body timed out")
+        .unwrap()
+        .to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+pub fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+/// Asserts that `body` is a Kubernetes `Status` with `code` and returns its message.
+pub fn assert_status(status: StatusCode, body: &[u8], code: u16) -> String {
+    assert_eq!(
+        status.as_u16(),
+        code,
+        "body: {}",
+        String::from_utf8_lossy(body)
+    );
+    let v = json(body);
+    assert_eq!(v["kind"], "Status", "{v}");
+    assert_eq!(v["code"], code, "{v}");
+    v["message"].as_str().unwrap().to_owned()
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The real binary
+
+/// A `kproxy` process started with exactly `args` and `env` (nothing inherited).
+pub struct KproxyProcess {
+    pub child: Child,
+    /// The startup line, e.g. `Starting to serve on 127.0.0.1:40485`.
+    pub startup_line: String,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+pub fn kproxy_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kproxy")
+}
+
+/// Runs kproxy to completion (for startup failures) and returns (exit code, stdout, stderr).
+pub fn run_kproxy(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(kproxy_bin());
+    cmd.args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::null());
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    // A start that unexpectedly succeeds would serve forever: bound it.
+    let out = match rx.recv_timeout(WAIT) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("kproxy {args:?} did not exit");
+        }
+    };
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+impl KproxyProcess {
+    /// Starts the binary and waits for its startup line.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> KproxyProcess {
+        let mut child = Command::new(kproxy_bin())
+            .args(args)
+            .env_clear()
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "kproxy exited without a startup line");
+        KproxyProcess {
+            child,
+            startup_line: line.trim_end().to_owned(),
+            stdout,
+        }
+    }
+
+    /// The port from the startup line.
+    pub fn port(&self) -> u16 {
+        self.startup_line
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port())
+    }
+
+    /// Sends a signal with `kill(1)` (the crate forbids unsafe code, so no libc call here).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for exit and returns the exit code and the elapsed time.
+    pub fn wait(mut self, within: Duration) -> (i32, Duration) {
+        let start = std::time::Instant::now();
+        let pid = self.child.id();
+        let mut child = self.child.take_for_wait();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        match rx.recv_timeout(within) {
+            Ok(status) => (status.unwrap().code().unwrap_or(-1), start.elapsed()),
+            Err(_) => {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                panic!("kproxy did not exit within {within:?}");
+            }
+        }
+    }
+}
+
+trait TakeForWait {
+    fn take_for_wait(&mut self) -> Child;
+}
+
+impl TakeForWait for Child {
+    /// Moves the child out, leaving a placeholder that `Drop` ignores (an already-reaped `true`).
+    fn take_for_wait(&mut self) -> Child {
+        let mut placeholder = Command::new("true").spawn().unwrap();
+        let _ = placeholder.wait();
+        std::mem::replace(self, placeholder)
+    }
+}
+
+impl Drop for KproxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
