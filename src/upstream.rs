@@ -1,6 +1,8 @@
 //! The pooled HTTP client that carries requests to the API server: rustls, HTTP/2 negotiated by ALPN,
 //! keep-alive connections reused across requests.
 
+pub mod egress;
+
 use std::time::Duration;
 
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
