@@ -17,9 +17,10 @@ use crate::kubeconfig::{self, ConfigError, LoadOptions, Overrides, ResolvedConfi
 use crate::proxy::Proxy;
 use crate::router::Router;
 use crate::static_files::StaticFiles;
-use crate::tls::{self, TlsError};
+use crate::tls::{TlsError, TlsState, TLS_FILE_CHECK_PERIOD};
 use crate::upgrade::Upgrader;
-use crate::upstream;
+use crate::upstream::egress::{ProxyEnv, Route};
+use crate::upstream::Upstream;
 
 /// `EX_USAGE` from sysexits.h: the configuration is wrong.
 pub const EXIT_USAGE: u8 = 64;
@@ -61,6 +62,11 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// HTTP/2 to the API server (off when `DISABLE_HTTP2` is set, as in client-go).
     pub http2: bool,
+    /// How connections reach the API server: the cluster's `proxy-url`, else `HTTPS_PROXY` /
+    /// `HTTP_PROXY` / `NO_PROXY`, else directly.
+    pub route: Route,
+    /// The proxy variables, for requests to an OIDC identity provider.
+    pub proxy_env: ProxyEnv,
 }
 
 /// Why kproxy could not start.
@@ -192,6 +198,15 @@ impl Config {
                 cluster.server.path
             );
         }
+        let proxy_env = ProxyEnv::from_env(env);
+        let target: http::Uri = format!("{}://{}", cluster.server.scheme, cluster.server.authority)
+            .parse()
+            .map_err(|e| ConfigError::Invalid(format!("server URL: {e}")))?;
+        let route = Route::select(cluster.proxy_url.as_deref(), &proxy_env, &target)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(proxy) = route.describe() {
+            tracing::info!(%proxy, "connecting to the API server through a proxy");
+        }
         let keepalive = match cli.keepalive.non_negative() {
             None => None,
             // Go's dialer reads 0 as "the default", 15 s, not "off" as kubectl's help says.
@@ -208,6 +223,8 @@ impl Config {
             keepalive,
             shutdown_grace: cli.shutdown_grace.non_negative().unwrap_or_default(),
             http2: env.var("DISABLE_HTTP2").is_none(),
+            route,
+            proxy_env,
         })
     }
 }
@@ -223,20 +240,24 @@ pub struct Lifecycle {
 
 /// Loads TLS material and credentials and builds the router. Fails on unreadable or mismatched keys.
 pub fn build_router(config: &Config, lifecycle: &Lifecycle) -> Result<Arc<Router>, StartupError> {
-    let material = tls::build(&config.cluster.tls)?;
-    let client = upstream::client(&material, config.http2);
+    let tls = TlsState::new(&config.cluster.tls, TLS_FILE_CHECK_PERIOD)?;
+    let upstream = Arc::new(Upstream::new(
+        tls.clone(),
+        config.route.clone(),
+        config.http2,
+        config.keepalive,
+    ));
     let credentials = Credentials::from_config(&config.cluster.auth)?;
     let auth = Auth::new(credentials, &config.cluster.impersonate)?;
     let upgrader = Upgrader::new(
-        &material,
-        config.keepalive,
+        upstream.clone(),
         lifecycle.tunnels.clone(),
         lifecycle.streams.clone(),
     );
     let proxy = Proxy::new(
         config.cluster.server.clone(),
         config.append_server_path,
-        client,
+        upstream,
         auth,
         upgrader,
         lifecycle.streams.clone(),

@@ -16,7 +16,7 @@ use crate::error::{chain, ProxyError};
 use crate::headers::strip_hop_by_hop;
 use crate::kubeconfig::Server;
 use crate::upgrade::Upgrader;
-use crate::upstream::UpstreamClient;
+use crate::upstream::Upstream;
 
 /// The `User-Agent` sent when the client sends none (kubectl sends its own in that case).
 pub const USER_AGENT: &str = concat!("kproxy/", env!("CARGO_PKG_VERSION"));
@@ -26,7 +26,8 @@ pub struct Proxy {
     server: Server,
     /// The server's path, prepended to every request with `--append-server-path`.
     base_path: String,
-    client: UpstreamClient,
+    /// The pooled client, rebuilt when the TLS material changes.
+    upstream: std::sync::Arc<Upstream>,
     auth: Auth,
     upgrader: Upgrader,
     /// Fired at shutdown to end long-running responses.
@@ -38,7 +39,7 @@ impl Proxy {
     pub fn new(
         server: Server,
         append_server_path: bool,
-        client: UpstreamClient,
+        upstream: std::sync::Arc<Upstream>,
         auth: Auth,
         upgrader: Upgrader,
         streams: CancellationToken,
@@ -51,7 +52,7 @@ impl Proxy {
         Self {
             server,
             base_path,
-            client,
+            upstream,
             auth,
             upgrader,
             streams,
@@ -88,11 +89,7 @@ impl Proxy {
         // The pooled client picks HTTP/1.1 or HTTP/2 per connection; the client's version is irrelevant.
         parts.version = http::Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, Body::upstream(body));
-        let resp = self
-            .client
-            .request(upstream_req)
-            .await
-            .map_err(|e| self.classify(e))?;
+        let resp = self.send(upstream_req).await?;
         if resp.status() == StatusCode::UNAUTHORIZED && ours {
             self.auth.credentials.unauthorized();
         }
@@ -106,6 +103,16 @@ impl Proxy {
             Body::upstream(body)
         };
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// Sends one request through the current connection pool.
+    async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+        let connectors = self.upstream.connectors();
+        connectors
+            .client
+            .request(req)
+            .await
+            .map_err(|e| self.classify(e))
     }
 
     fn upstream_uri(&self, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
