@@ -10,14 +10,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, InvalidImpersonation};
 use crate::cli::{Cli, DEFAULT_PORT};
-use crate::credentials::{CredentialError, Credentials};
+use crate::credentials::{self, CredentialError, Credentials, PluginEnv, Timing};
 use crate::env::Env;
 use crate::filter::{Filter, InvalidRegex};
 use crate::kubeconfig::{self, ConfigError, LoadOptions, Overrides, ResolvedConfig};
 use crate::proxy::Proxy;
 use crate::router::Router;
 use crate::static_files::StaticFiles;
-use crate::tls::{TlsError, TlsState, TLS_FILE_CHECK_PERIOD};
+use crate::tls::{TlsError, TlsState};
 use crate::upgrade::Upgrader;
 use crate::upstream::egress::{ProxyEnv, Route};
 use crate::upstream::Upstream;
@@ -67,6 +67,10 @@ pub struct Config {
     pub route: Route,
     /// The proxy variables, for requests to an OIDC identity provider.
     pub proxy_env: ProxyEnv,
+    /// The environment exec credential plugins inherit.
+    pub plugin_env: PluginEnv,
+    /// Credential and certificate refresh timings: the documented defaults; tests shorten them here.
+    pub timing: Timing,
 }
 
 /// Why kproxy could not start.
@@ -225,6 +229,8 @@ impl Config {
             http2: env.var("DISABLE_HTTP2").is_none(),
             route,
             proxy_env,
+            plugin_env: PluginEnv::capture(env),
+            timing: Timing::default(),
         })
     }
 }
@@ -240,14 +246,22 @@ pub struct Lifecycle {
 
 /// Loads TLS material and credentials and builds the router. Fails on unreadable or mismatched keys.
 pub fn build_router(config: &Config, lifecycle: &Lifecycle) -> Result<Arc<Router>, StartupError> {
-    let tls = TlsState::new(&config.cluster.tls, TLS_FILE_CHECK_PERIOD)?;
+    let tls = TlsState::new(&config.cluster.tls, config.timing.tls_file_check_period)?;
     let upstream = Arc::new(Upstream::new(
         tls.clone(),
         config.route.clone(),
         config.http2,
         config.keepalive,
     ));
-    let credentials = Credentials::from_config(&config.cluster.auth)?;
+    let credentials = Credentials::new(
+        &config.cluster,
+        &credentials::Context {
+            timing: config.timing,
+            plugin_env: config.plugin_env.clone(),
+            proxy_env: config.proxy_env.clone(),
+            identity: tls.identity().clone(),
+        },
+    )?;
     let auth = Auth::new(credentials, &config.cluster.impersonate)?;
     let upgrader = Upgrader::new(
         upstream.clone(),
