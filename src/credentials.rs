@@ -4,12 +4,15 @@
 //! - a static bearer token or basic auth: fixed;
 //! - [`token_file`]: `tokenFile` and the in-cluster service-account token, re-read every
 //!   [`TOKEN_FILE_PERIOD`] and at once after a 401;
+//! - [`exec`]: exec credential plugins, cached until shortly before `expirationTimestamp`, re-run after a
+//!   401, one run at a time, with a timeout;
 //!
 //! Precedence is client-go's: `token`/`tokenFile`, then basic auth, then the auth provider, then the exec
 //! plugin, which is not used at all when the user has a token, basic auth or a client certificate.
 //!
 //! Values are sensitive header values and every error names the source, never the secret.
 
+pub mod exec;
 mod token_file;
 
 use std::ffi::OsString;
@@ -38,6 +41,8 @@ pub const TOKEN_FILE_PERIOD: Duration = Duration::from_secs(50);
 pub struct Timing {
     /// [`TOKEN_FILE_PERIOD`].
     pub token_file_period: Duration,
+    /// [`exec::EXEC_TIMEOUT`].
+    pub exec_timeout: Duration,
     /// [`TLS_FILE_CHECK_PERIOD`].
     pub tls_file_check_period: Duration,
 }
@@ -46,6 +51,7 @@ impl Default for Timing {
     fn default() -> Self {
         Self {
             token_file_period: TOKEN_FILE_PERIOD,
+            exec_timeout: exec::EXEC_TIMEOUT,
             tls_file_check_period: TLS_FILE_CHECK_PERIOD,
         }
     }
@@ -85,6 +91,14 @@ pub enum CredentialError {
         /// Why.
         reason: String,
     },
+    /// An exec plugin failed: not found, exit status, timeout, malformed output.
+    #[error("exec plugin {command:?}: {reason}")]
+    Exec {
+        /// The configured command.
+        command: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The credential configuration cannot work (reported at startup).
     #[error("{0}")]
     Config(String),
@@ -104,12 +118,6 @@ impl CredentialError {
             .join(" ")
     }
 }
-
-/// client-go's message for the removed `gcp` provider (`plugin/pkg/client/auth/gcp/gcp_stub.go`).
-pub const GCP_REMOVED: &str = "The gcp auth plugin has been removed.\nPlease use the \"gke-gcloud-auth-plugin\" kubectl/client-go credential plugin instead.\nSee https://cloud.google.com/blog/products/containers-kubernetes/kubectl-auth-changes-in-gke for further details";
-
-/// client-go's message for the removed `azure` provider (`plugin/pkg/client/auth/azure/azure_stub.go`).
-pub const AZURE_REMOVED: &str = "The azure auth plugin has been removed.\nPlease use the https://github.com/Azure/kubelogin kubectl/client-go credential plugin instead.\nSee https://kubernetes.io/docs/reference/access-authn-authz/authentication/#client-go-credential-plugins for further details";
 
 /// The credential one request carries.
 #[derive(Debug, Clone)]
@@ -148,6 +156,7 @@ enum Kind {
     None,
     Static(HeaderValue),
     File(token_file::TokenFile),
+    Exec(Box<exec::ExecAuth>),
 }
 
 impl Credentials {
@@ -161,21 +170,29 @@ impl Credentials {
     /// client-go.
     pub fn new(cfg: &ResolvedConfig, ctx: &Context) -> Result<Self, CredentialError> {
         let auth = &cfg.auth;
+        let user = auth.user_name.as_deref().unwrap_or("the user");
         if let Some(provider) = &auth.auth_provider {
             return Err(CredentialError::Config(format!(
                 "auth-provider {:?} is not supported yet",
                 provider.name
             )));
         }
-        if auth.exec.is_some()
-            && auth.token.is_none()
-            && auth.token_file.is_none()
-            && auth.basic.is_none()
-        {
-            return Err(CredentialError::Config(
-                "exec credential plugins are not supported yet".to_owned(),
-            ));
-        }
+        // Built (and so validated) even when a token takes precedence, as client-go does.
+        let exec = auth
+            .exec
+            .as_ref()
+            .map(|e| {
+                exec::ExecAuth::new(
+                    e,
+                    user,
+                    cfg,
+                    ctx.plugin_env.clone(),
+                    ctx.identity.clone(),
+                    ctx.timing.exec_timeout,
+                )
+            })
+            .transpose()?;
+
         let inline = auth
             .token
             .as_ref()
@@ -196,6 +213,14 @@ impl Credentials {
                 .map_err(|_| CredentialError::InvalidValue("basic auth credentials"))?;
             v.set_sensitive(true);
             Kind::Static(v)
+        } else if let Some(e) = exec {
+            if cfg.tls.client_cert.is_some() {
+                // client-go's exec `UpdateTransportConfig`: a client certificate takes precedence.
+                tracing::info!("the user has a client certificate; its exec plugin is not used");
+                Kind::None
+            } else {
+                Kind::Exec(Box::new(e))
+            }
         } else {
             Kind::None
         };
@@ -211,6 +236,7 @@ impl Credentials {
                 used: Used(0),
             })),
             Kind::File(f) => f.current().map(Some),
+            Kind::Exec(e) => e.current().await.map(Some),
         }
     }
 
@@ -219,19 +245,20 @@ impl Credentials {
     pub fn rejected(&self, used: Used) {
         match &self.kind {
             Kind::File(f) => f.rejected(used),
+            Kind::Exec(e) => e.rejected(used),
             Kind::None | Kind::Static(_) => {}
         }
     }
 
     /// Whether a 401 can be answered with a different credential (so a request is worth replaying).
     pub fn renews_on_rejection(&self) -> bool {
-        matches!(self.kind, Kind::File(_))
+        matches!(self.kind, Kind::File(_) | Kind::Exec(_))
     }
 
     /// Whether the credential can be a client certificate only (an exec plugin), so that a request
     /// without `Authorization` still carried kproxy's credential.
     pub fn may_be_certificate(&self) -> bool {
-        false
+        matches!(self.kind, Kind::Exec(_))
     }
 
     /// Whether this user sends any credential of its own.
