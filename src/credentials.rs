@@ -6,6 +6,7 @@
 //!   [`TOKEN_FILE_PERIOD`] and at once after a 401;
 //! - [`exec`]: exec credential plugins, cached until shortly before `expirationTimestamp`, re-run after a
 //!   401, one run at a time, with a timeout;
+//! - [`oidc`]: the `oidc` auth provider, refreshed through the issuer and written back to the kubeconfig.
 //!
 //! Precedence is client-go's: `token`/`tokenFile`, then basic auth, then the auth provider, then the exec
 //! plugin, which is not used at all when the user has a token, basic auth or a client certificate.
@@ -13,6 +14,7 @@
 //! Values are sensitive header values and every error names the source, never the secret.
 
 pub mod exec;
+pub mod oidc;
 mod token_file;
 
 use std::ffi::OsString;
@@ -99,6 +101,14 @@ pub enum CredentialError {
         /// What went wrong.
         reason: String,
     },
+    /// The OIDC auth provider could not produce a valid id-token.
+    #[error("oidc auth provider (issuer {issuer}): {reason}")]
+    Oidc {
+        /// `idp-issuer-url`.
+        issuer: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The credential configuration cannot work (reported at startup).
     #[error("{0}")]
     Config(String),
@@ -118,6 +128,12 @@ impl CredentialError {
             .join(" ")
     }
 }
+
+/// client-go's message for the removed `gcp` provider (`plugin/pkg/client/auth/gcp/gcp_stub.go`).
+pub const GCP_REMOVED: &str = "The gcp auth plugin has been removed.\nPlease use the \"gke-gcloud-auth-plugin\" kubectl/client-go credential plugin instead.\nSee https://cloud.google.com/blog/products/containers-kubernetes/kubectl-auth-changes-in-gke for further details";
+
+/// client-go's message for the removed `azure` provider (`plugin/pkg/client/auth/azure/azure_stub.go`).
+pub const AZURE_REMOVED: &str = "The azure auth plugin has been removed.\nPlease use the https://github.com/Azure/kubelogin kubectl/client-go credential plugin instead.\nSee https://kubernetes.io/docs/reference/access-authn-authz/authentication/#client-go-credential-plugins for further details";
 
 /// The credential one request carries.
 #[derive(Debug, Clone)]
@@ -157,6 +173,7 @@ enum Kind {
     Static(HeaderValue),
     File(token_file::TokenFile),
     Exec(Box<exec::ExecAuth>),
+    Oidc(Box<oidc::OidcAuth>),
 }
 
 impl Credentials {
@@ -171,13 +188,24 @@ impl Credentials {
     pub fn new(cfg: &ResolvedConfig, ctx: &Context) -> Result<Self, CredentialError> {
         let auth = &cfg.auth;
         let user = auth.user_name.as_deref().unwrap_or("the user");
-        if let Some(provider) = &auth.auth_provider {
-            return Err(CredentialError::Config(format!(
-                "auth-provider {:?} is not supported yet",
-                provider.name
-            )));
-        }
         // Built (and so validated) even when a token takes precedence, as client-go does.
+        let provider = match &auth.auth_provider {
+            None => None,
+            Some(p) => match p.name.as_str() {
+                "oidc" => Some(oidc::OidcAuth::new(
+                    &p.config,
+                    auth.user_origin.clone().zip(auth.user_name.clone()),
+                    ctx.proxy_env.clone(),
+                )?),
+                "gcp" => return Err(CredentialError::Config(GCP_REMOVED.to_owned())),
+                "azure" => return Err(CredentialError::Config(AZURE_REMOVED.to_owned())),
+                other => {
+                    return Err(CredentialError::Config(format!(
+                        "no Auth Provider found for name {other:?}"
+                    )))
+                }
+            },
+        };
         let exec = auth
             .exec
             .as_ref()
@@ -213,6 +241,8 @@ impl Credentials {
                 .map_err(|_| CredentialError::InvalidValue("basic auth credentials"))?;
             v.set_sensitive(true);
             Kind::Static(v)
+        } else if let Some(p) = provider {
+            Kind::Oidc(Box::new(p))
         } else if let Some(e) = exec {
             if cfg.tls.client_cert.is_some() {
                 // client-go's exec `UpdateTransportConfig`: a client certificate takes precedence.
@@ -237,16 +267,18 @@ impl Credentials {
             })),
             Kind::File(f) => f.current().map(Some),
             Kind::Exec(e) => e.current().await.map(Some),
+            Kind::Oidc(o) => o.current().await.map(Some),
         }
     }
 
     /// Reports an upstream 401 to a request that carried credential `used`: rotating sources renew it
-    /// before the next request instead of waiting for their period.
+    /// before the next request instead of waiting for their period. The OIDC provider, like client-go's,
+    /// renews only on expiry.
     pub fn rejected(&self, used: Used) {
         match &self.kind {
             Kind::File(f) => f.rejected(used),
             Kind::Exec(e) => e.rejected(used),
-            Kind::None | Kind::Static(_) => {}
+            Kind::None | Kind::Static(_) | Kind::Oidc(_) => {}
         }
     }
 
