@@ -5,7 +5,7 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 
-use crate::credentials::{CredentialError, Credentials};
+use crate::credentials::{CredentialError, Credentials, Used};
 use crate::kubeconfig::Impersonation;
 
 static IMPERSONATE_USER: HeaderName = HeaderName::from_static("impersonate-user");
@@ -59,14 +59,21 @@ impl Auth {
         })
     }
 
-    /// Adds credentials and impersonation to `headers`. Returns whether kproxy supplied the
-    /// `Authorization` (so a 401 says something about our credential rather than the client's).
-    pub async fn apply(&self, headers: &mut HeaderMap) -> Result<bool, CredentialError> {
-        let mut ours = false;
+    /// Adds credentials and impersonation to `headers`. Returns the credential kproxy supplied, if any
+    /// (so a 401 says something about our credential rather than the client's): the `Authorization` it
+    /// added, or an exec plugin's client certificate when the client sent no `Authorization`.
+    pub async fn apply(&self, headers: &mut HeaderMap) -> Result<Option<Used>, CredentialError> {
+        let mut used = None;
         if !headers.contains_key(AUTHORIZATION) {
-            if let Some(v) = self.credentials.authorization().await? {
-                headers.insert(AUTHORIZATION, v);
-                ours = true;
+            if let Some(c) = self.credentials.current().await? {
+                match c.authorization {
+                    Some(v) => {
+                        headers.insert(AUTHORIZATION, v);
+                        used = Some(c.used);
+                    }
+                    None if self.credentials.may_be_certificate() => used = Some(c.used),
+                    None => {}
+                }
             }
         }
         if !self.impersonation.is_empty() && !headers.contains_key(&IMPERSONATE_USER) {
@@ -74,7 +81,7 @@ impl Auth {
                 headers.append(name.clone(), value.clone());
             }
         }
-        Ok(ours)
+        Ok(used)
     }
 }
 

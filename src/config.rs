@@ -10,16 +10,17 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, InvalidImpersonation};
 use crate::cli::{Cli, DEFAULT_PORT};
-use crate::credentials::{CredentialError, Credentials};
+use crate::credentials::{self, CredentialError, Credentials, PluginEnv, Timing};
 use crate::env::Env;
 use crate::filter::{Filter, InvalidRegex};
 use crate::kubeconfig::{self, ConfigError, LoadOptions, Overrides, ResolvedConfig};
 use crate::proxy::Proxy;
 use crate::router::Router;
 use crate::static_files::StaticFiles;
-use crate::tls::{self, TlsError};
+use crate::tls::{TlsError, TlsState};
 use crate::upgrade::Upgrader;
-use crate::upstream;
+use crate::upstream::egress::{ProxyEnv, Route};
+use crate::upstream::Upstream;
 
 /// `EX_USAGE` from sysexits.h: the configuration is wrong.
 pub const EXIT_USAGE: u8 = 64;
@@ -61,6 +62,15 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// HTTP/2 to the API server (off when `DISABLE_HTTP2` is set, as in client-go).
     pub http2: bool,
+    /// How connections reach the API server: the cluster's `proxy-url`, else `HTTPS_PROXY` /
+    /// `HTTP_PROXY` / `NO_PROXY`, else directly.
+    pub route: Route,
+    /// The proxy variables, for requests to an OIDC identity provider.
+    pub proxy_env: ProxyEnv,
+    /// The environment exec credential plugins inherit.
+    pub plugin_env: PluginEnv,
+    /// Credential and certificate refresh timings: the documented defaults; tests shorten them here.
+    pub timing: Timing,
 }
 
 /// Why kproxy could not start.
@@ -192,6 +202,15 @@ impl Config {
                 cluster.server.path
             );
         }
+        let proxy_env = ProxyEnv::from_env(env);
+        let target: http::Uri = format!("{}://{}", cluster.server.scheme, cluster.server.authority)
+            .parse()
+            .map_err(|e| ConfigError::Invalid(format!("server URL: {e}")))?;
+        let route = Route::select(cluster.proxy_url.as_deref(), &proxy_env, &target)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(proxy) = route.describe() {
+            tracing::info!(%proxy, "connecting to the API server through a proxy");
+        }
         let keepalive = match cli.keepalive.non_negative() {
             None => None,
             // Go's dialer reads 0 as "the default", 15 s, not "off" as kubectl's help says.
@@ -208,6 +227,10 @@ impl Config {
             keepalive,
             shutdown_grace: cli.shutdown_grace.non_negative().unwrap_or_default(),
             http2: env.var("DISABLE_HTTP2").is_none(),
+            route,
+            proxy_env,
+            plugin_env: PluginEnv::capture(env),
+            timing: Timing::default(),
         })
     }
 }
@@ -223,20 +246,32 @@ pub struct Lifecycle {
 
 /// Loads TLS material and credentials and builds the router. Fails on unreadable or mismatched keys.
 pub fn build_router(config: &Config, lifecycle: &Lifecycle) -> Result<Arc<Router>, StartupError> {
-    let material = tls::build(&config.cluster.tls)?;
-    let client = upstream::client(&material, config.http2);
-    let credentials = Credentials::from_config(&config.cluster.auth)?;
+    let tls = TlsState::new(&config.cluster.tls, config.timing.tls_file_check_period)?;
+    let upstream = Arc::new(Upstream::new(
+        tls.clone(),
+        config.route.clone(),
+        config.http2,
+        config.keepalive,
+    ));
+    let credentials = Credentials::new(
+        &config.cluster,
+        &credentials::Context {
+            timing: config.timing,
+            plugin_env: config.plugin_env.clone(),
+            proxy_env: config.proxy_env.clone(),
+            identity: tls.identity().clone(),
+        },
+    )?;
     let auth = Auth::new(credentials, &config.cluster.impersonate)?;
     let upgrader = Upgrader::new(
-        &material,
-        config.keepalive,
+        upstream.clone(),
         lifecycle.tunnels.clone(),
         lifecycle.streams.clone(),
     );
     let proxy = Proxy::new(
         config.cluster.server.clone(),
         config.append_server_path,
-        client,
+        upstream,
         auth,
         upgrader,
         lifecycle.streams.clone(),

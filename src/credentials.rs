@@ -1,26 +1,91 @@
-//! Credential sources for the selected user: a static bearer token, a token file that rotates (the
-//! in-cluster service-account token among them), and basic auth. Each yields the `Authorization` value for
-//! the next request; values are marked sensitive so they never reach a debug print.
+//! Credential sources for the selected user, each yielding the `Authorization` value (or, for exec
+//! plugins, possibly a client certificate) for the next request, and each kept fresh:
+//!
+//! - a static bearer token or basic auth: fixed;
+//! - [`token_file`]: `tokenFile` and the in-cluster service-account token, re-read every
+//!   [`TOKEN_FILE_PERIOD`] and at once after a 401;
+//! - [`exec`]: exec credential plugins, cached until shortly before `expirationTimestamp`, re-run after a
+//!   401, one run at a time, with a timeout;
+//! - [`oidc`]: the `oidc` auth provider, refreshed through the issuer and written back to the kubeconfig.
+//!
+//! Precedence is client-go's: `token`/`tokenFile`, then basic auth, then the auth provider, then the exec
+//! plugin, which is not used at all when the user has a token, basic auth or a client certificate.
+//!
+//! Values are sensitive header values and every error names the source, never the secret.
 
+pub mod exec;
+pub mod oidc;
+mod token_file;
+
+use std::ffi::OsString;
+use std::fmt;
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use http::HeaderValue;
 use secrecy::ExposeSecret;
 
-use crate::kubeconfig::AuthConfig;
+use crate::env::Env;
+use crate::kubeconfig::ResolvedConfig;
+use crate::tls::{ClientIdentity, TLS_FILE_CHECK_PERIOD};
+use crate::upstream::egress::ProxyEnv;
 
 /// How long a token read from a file is used before the file is read again. client-go uses one minute
 /// minus ten seconds of leeway; kubelet rewrites projected service-account tokens at 80% of their TTL,
 /// so this is always well inside a token's life.
 pub const TOKEN_FILE_PERIOD: Duration = Duration::from_secs(50);
 
+/// The refresh timings. [`Timing::default`] holds the documented constants; tests shorten them through
+/// [`crate::Config::timing`] instead of waiting for them (there is no flag: these are not user knobs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// [`TOKEN_FILE_PERIOD`].
+    pub token_file_period: Duration,
+    /// [`exec::EXEC_TIMEOUT`].
+    pub exec_timeout: Duration,
+    /// [`TLS_FILE_CHECK_PERIOD`].
+    pub tls_file_check_period: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            token_file_period: TOKEN_FILE_PERIOD,
+            exec_timeout: exec::EXEC_TIMEOUT,
+            tls_file_check_period: TLS_FILE_CHECK_PERIOD,
+        }
+    }
+}
+
+/// The environment exec plugins inherit (client-go passes `os.Environ()`), captured through
+/// [`Env::vars`] so tests control it. Its `Debug` shows only the count: values may be secrets.
+#[derive(Clone, Default)]
+pub struct PluginEnv(Arc<Vec<(OsString, OsString)>>);
+
+impl PluginEnv {
+    /// Captures every variable of `env`.
+    pub fn capture(env: &dyn Env) -> Self {
+        Self(Arc::new(env.vars()))
+    }
+
+    /// The variables.
+    pub fn vars(&self) -> &[(OsString, OsString)] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PluginEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PluginEnv({} variables)", self.0.len())
+    }
+}
+
 /// A credential could not be produced; the message names the source, never the secret.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CredentialError {
-    /// A token file could not be read and no earlier token exists.
+    /// A token file could not be read and no usable token exists.
     #[error("cannot read token file {path}: {reason}")]
     TokenFile {
         /// The file.
@@ -28,15 +93,75 @@ pub enum CredentialError {
         /// Why.
         reason: String,
     },
+    /// An exec plugin failed: not found, exit status, timeout, malformed output.
+    #[error("exec plugin {command:?}: {reason}")]
+    Exec {
+        /// The configured command.
+        command: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The OIDC auth provider could not produce a valid id-token.
+    #[error("oidc auth provider (issuer {issuer}): {reason}")]
+    Oidc {
+        /// `idp-issuer-url`.
+        issuer: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The credential configuration cannot work (reported at startup).
+    #[error("{0}")]
+    Config(String),
     /// The credential contains bytes that cannot go in an HTTP header.
     #[error("{0} is not a valid HTTP header value (control characters?)")]
     InvalidValue(&'static str),
-    /// The configured credential mechanism is not available.
-    #[error("{0}")]
-    Unsupported(String),
 }
 
-/// Produces the `Authorization` header for upstream requests.
+impl CredentialError {
+    /// The message on one line, for the log (install hints and client-go's texts span several).
+    pub fn one_line(&self) -> String {
+        self.to_string()
+            .split('\n')
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// client-go's message for the removed `gcp` provider (`plugin/pkg/client/auth/gcp/gcp_stub.go`).
+pub const GCP_REMOVED: &str = "The gcp auth plugin has been removed.\nPlease use the \"gke-gcloud-auth-plugin\" kubectl/client-go credential plugin instead.\nSee https://cloud.google.com/blog/products/containers-kubernetes/kubectl-auth-changes-in-gke for further details";
+
+/// client-go's message for the removed `azure` provider (`plugin/pkg/client/auth/azure/azure_stub.go`).
+pub const AZURE_REMOVED: &str = "The azure auth plugin has been removed.\nPlease use the https://github.com/Azure/kubelogin kubectl/client-go credential plugin instead.\nSee https://kubernetes.io/docs/reference/access-authn-authz/authentication/#client-go-credential-plugins for further details";
+
+/// The credential one request carries.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    /// The `Authorization` value; `None` when an exec plugin returned only a client certificate (which
+    /// the TLS layer presents).
+    pub authorization: Option<HeaderValue>,
+    /// Which credential this is, to report a 401 against it.
+    pub used: Used,
+}
+
+/// Identifies one credential value of a source (a generation that changes when the value does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Used(u64);
+
+/// What a credential source needs besides the user entry.
+pub struct Context {
+    /// The refresh timings.
+    pub timing: Timing,
+    /// The environment exec plugins inherit.
+    pub plugin_env: PluginEnv,
+    /// The proxy variables, for OIDC requests to the identity provider.
+    pub proxy_env: ProxyEnv,
+    /// Where exec plugins' client certificates go.
+    pub identity: Arc<ClientIdentity>,
+}
+
+/// Produces the credential for upstream requests.
 #[derive(Debug)]
 pub struct Credentials {
     kind: Kind,
@@ -46,7 +171,9 @@ pub struct Credentials {
 enum Kind {
     None,
     Static(HeaderValue),
-    File(TokenFile),
+    File(token_file::TokenFile),
+    Exec(Box<exec::ExecAuth>),
+    Oidc(Box<oidc::OidcAuth>),
 }
 
 impl Credentials {
@@ -55,31 +182,56 @@ impl Credentials {
         Self { kind: Kind::None }
     }
 
-    /// Builds the sources the user entry names. Exec plugins and auth providers are reported as
-    /// unsupported by this build.
-    pub fn from_config(auth: &AuthConfig) -> Result<Self, CredentialError> {
-        if let Some(provider) = &auth.auth_provider {
-            return Err(CredentialError::Unsupported(format!(
-                "auth-provider {:?} is not supported yet",
-                provider.name
-            )));
-        }
-        if auth.exec.is_some()
-            && auth.token.is_none()
-            && auth.token_file.is_none()
-            && auth.basic.is_none()
-        {
-            return Err(CredentialError::Unsupported(
-                "exec credential plugins are not supported yet".to_owned(),
-            ));
-        }
+    /// Builds the source the user entry names. Configuration errors (an unknown or removed auth
+    /// provider, a bad exec `apiVersion`, an unreadable token file) fail here, at startup, as in
+    /// client-go.
+    pub fn new(cfg: &ResolvedConfig, ctx: &Context) -> Result<Self, CredentialError> {
+        let auth = &cfg.auth;
+        let user = auth.user_name.as_deref().unwrap_or("the user");
+        // Built (and so validated) even when a token takes precedence, as client-go does.
+        let provider = match &auth.auth_provider {
+            None => None,
+            Some(p) => match p.name.as_str() {
+                "oidc" => Some(oidc::OidcAuth::new(
+                    &p.config,
+                    auth.user_origin.clone().zip(auth.user_name.clone()),
+                    ctx.proxy_env.clone(),
+                )?),
+                "gcp" => return Err(CredentialError::Config(GCP_REMOVED.to_owned())),
+                "azure" => return Err(CredentialError::Config(AZURE_REMOVED.to_owned())),
+                other => {
+                    return Err(CredentialError::Config(format!(
+                        "no Auth Provider found for name {other:?}"
+                    )))
+                }
+            },
+        };
+        let exec = auth
+            .exec
+            .as_ref()
+            .map(|e| {
+                exec::ExecAuth::new(
+                    e,
+                    user,
+                    cfg,
+                    ctx.plugin_env.clone(),
+                    ctx.identity.clone(),
+                    ctx.timing.exec_timeout,
+                )
+            })
+            .transpose()?;
+
         let inline = auth
             .token
             .as_ref()
             .map(|t| bearer(t.expose_secret()))
             .transpose()?;
         let kind = if let Some(path) = &auth.token_file {
-            Kind::File(TokenFile::new(path.clone(), inline)?)
+            Kind::File(token_file::TokenFile::new(
+                path.clone(),
+                inline,
+                ctx.timing.token_file_period,
+            )?)
         } else if let Some(value) = inline {
             Kind::Static(value)
         } else if let Some((user, pass)) = &auth.basic {
@@ -89,27 +241,56 @@ impl Credentials {
                 .map_err(|_| CredentialError::InvalidValue("basic auth credentials"))?;
             v.set_sensitive(true);
             Kind::Static(v)
+        } else if let Some(p) = provider {
+            Kind::Oidc(Box::new(p))
+        } else if let Some(e) = exec {
+            if cfg.tls.client_cert.is_some() {
+                // client-go's exec `UpdateTransportConfig`: a client certificate takes precedence.
+                tracing::info!("the user has a client certificate; its exec plugin is not used");
+                Kind::None
+            } else {
+                Kind::Exec(Box::new(e))
+            }
         } else {
             Kind::None
         };
         Ok(Self { kind })
     }
 
-    /// The `Authorization` value for the next request, if this user has one.
-    pub async fn authorization(&self) -> Result<Option<HeaderValue>, CredentialError> {
+    /// The credential for the next request, if this user has one.
+    pub async fn current(&self) -> Result<Option<Credential>, CredentialError> {
         match &self.kind {
             Kind::None => Ok(None),
-            Kind::Static(v) => Ok(Some(v.clone())),
+            Kind::Static(v) => Ok(Some(Credential {
+                authorization: Some(v.clone()),
+                used: Used(0),
+            })),
             Kind::File(f) => f.current().map(Some),
+            Kind::Exec(e) => e.current().await.map(Some),
+            Kind::Oidc(o) => o.current().await.map(Some),
         }
     }
 
-    /// Reports an upstream 401 for a request that carried our credential: rotating sources are re-read
-    /// before the next request instead of waiting for their period.
-    pub fn unauthorized(&self) {
-        if let Kind::File(f) = &self.kind {
-            f.expire();
+    /// Reports an upstream 401 to a request that carried credential `used`: rotating sources renew it
+    /// before the next request instead of waiting for their period. The OIDC provider, like client-go's,
+    /// renews only on expiry.
+    pub fn rejected(&self, used: Used) {
+        match &self.kind {
+            Kind::File(f) => f.rejected(used),
+            Kind::Exec(e) => e.rejected(used),
+            Kind::None | Kind::Static(_) | Kind::Oidc(_) => {}
         }
+    }
+
+    /// Whether a 401 can be answered with a different credential (so a request is worth replaying).
+    pub fn renews_on_rejection(&self) -> bool {
+        matches!(self.kind, Kind::File(_) | Kind::Exec(_))
+    }
+
+    /// Whether the credential can be a client certificate only (an exec plugin), so that a request
+    /// without `Authorization` still carried kproxy's credential.
+    pub fn may_be_certificate(&self) -> bool {
+        matches!(self.kind, Kind::Exec(_))
     }
 
     /// Whether this user sends any credential of its own.
@@ -124,75 +305,4 @@ pub fn bearer(token: &str) -> Result<HeaderValue, CredentialError> {
         .map_err(|_| CredentialError::InvalidValue("bearer token"))?;
     v.set_sensitive(true);
     Ok(v)
-}
-
-/// A token file re-read every [`TOKEN_FILE_PERIOD`] and after a 401, trimmed of surrounding whitespace
-/// (kubernetes/kubernetes#52919). While the file is unreadable the last good token is kept, and before
-/// any was read the inline `token` is used, as client-go does.
-#[derive(Debug)]
-struct TokenFile {
-    path: PathBuf,
-    inline: Option<HeaderValue>,
-    state: Mutex<TokenState>,
-}
-
-#[derive(Debug)]
-struct TokenState {
-    value: Option<HeaderValue>,
-    /// When the file is next due to be read.
-    due: Instant,
-}
-
-impl TokenFile {
-    fn new(path: PathBuf, inline: Option<HeaderValue>) -> Result<Self, CredentialError> {
-        let value = read_token(&path)?;
-        Ok(Self {
-            path,
-            inline,
-            state: Mutex::new(TokenState {
-                value: Some(value),
-                due: Instant::now() + TOKEN_FILE_PERIOD,
-            }),
-        })
-    }
-
-    fn current(&self) -> Result<HeaderValue, CredentialError> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if now >= state.due {
-            state.due = now + TOKEN_FILE_PERIOD;
-            // A token file is a few hundred bytes on a local (usually tmpfs) mount: reading it inline once
-            // a period is cheaper than a hop to the blocking pool on every request.
-            match read_token(&self.path) {
-                Ok(v) => state.value = Some(v),
-                Err(e) => tracing::warn!(error = %e, "keeping the last token read"),
-            }
-        }
-        state
-            .value
-            .clone()
-            .or_else(|| self.inline.clone())
-            .ok_or_else(|| CredentialError::TokenFile {
-                path: self.path.clone(),
-                reason: "no token has been read".to_owned(),
-            })
-    }
-
-    fn expire(&self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).due = Instant::now();
-    }
-}
-
-fn read_token(path: &std::path::Path) -> Result<HeaderValue, CredentialError> {
-    let err = |reason: String| CredentialError::TokenFile {
-        path: path.to_owned(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(err("the file is empty".to_owned()));
-    }
-    bearer(token)
-        .map_err(|_| err("the token contains characters not allowed in a header".to_owned()))
 }

@@ -2,6 +2,7 @@
 //! `std::env::set_var` (which races with every other test thread).
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 /// A source of environment variables.
@@ -18,6 +19,13 @@ pub trait Env: Send + Sync {
     fn home_dir(&self) -> Option<PathBuf> {
         self.non_empty("HOME").map(PathBuf::from)
     }
+
+    /// Every variable, for the environment of exec credential plugins (client-go passes
+    /// `os.Environ()` on). The default is none, so an implementation that only answers lookups gives
+    /// plugins exactly their kubeconfig `env`.
+    fn vars(&self) -> Vec<(OsString, OsString)> {
+        Vec::new()
+    }
 }
 
 /// The real process environment.
@@ -27,6 +35,10 @@ pub struct ProcessEnv;
 impl Env for ProcessEnv {
     fn var(&self, key: &str) -> Option<String> {
         std::env::var(key).ok()
+    }
+
+    fn vars(&self) -> Vec<(OsString, OsString)> {
+        std::env::vars_os().collect()
     }
 }
 
@@ -54,5 +66,15 @@ impl MapEnv {
 impl Env for MapEnv {
     fn var(&self, key: &str) -> Option<String> {
         self.0.get(key).cloned()
+    }
+
+    fn vars(&self) -> Vec<(OsString, OsString)> {
+        let mut vars: Vec<_> = self
+            .0
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect();
+        vars.sort();
+        vars
     }
 }

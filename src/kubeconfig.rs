@@ -743,6 +743,24 @@ fn user_material(
                 "authProvider cannot be provided in combination with an exec plugin for {who}"
             )));
         }
+        if exec
+            .env
+            .iter()
+            .flatten()
+            .any(|e| e.get("name").is_none_or(|n| n.is_empty()))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "env variable name must be specified for {who} to use exec authentication plugin"
+            )));
+        }
+        // clientcmd defaults interactiveMode to IfAvailable for v1beta1 only (`SetDefaults_ExecConfig`).
+        let defaulted = exec.api_version.as_deref() == Some("client.authentication.k8s.io/v1beta1")
+            || exec.api_version.as_deref() == Some("client.authentication.k8s.io/v1alpha1");
+        if exec.interactive_mode.is_none() && !defaulted {
+            return Err(ConfigError::Invalid(format!(
+                "interactiveMode must be specified for {who} to use exec authentication plugin"
+            )));
+        }
     }
     let has_impersonation_extras = user
         .impersonate_uid

@@ -7,9 +7,12 @@
 //! - [`env`]: environment variables behind a trait, so tests inject them.
 //! - [`config`]: validates flags into a [`config::Config`], builds the router, owns exit codes.
 //! - [`kubeconfig`]: finds, merges and resolves kubeconfig files (client-go rules) or in-cluster config.
-//! - [`credentials`]: bearer tokens, rotating token files and basic auth for the selected user.
-//! - [`tls`]: rustls configuration: trust roots, insecure mode, server name, client certificate.
-//! - [`upstream`]: the pooled HTTP/1.1 + HTTP/2 client to the API server.
+//! - [`credentials`]: the selected user's credential, kept fresh: tokens, rotating token files, basic
+//!   auth, exec plugins, OIDC (docs/credentials.md).
+//! - [`tls`]: rustls configuration: trust roots, insecure mode, server name, client certificate;
+//!   certificate and CA files reloaded when they change.
+//! - [`upstream`]: the pooled HTTP/1.1 + HTTP/2 client to the API server, rebuilt when the TLS material
+//!   changes, dialling directly or through an HTTP(S)/SOCKS5 proxy ([`upstream::egress`]).
 //! - [`server`]: listener (TCP or unix socket), accept loop, connection limits, graceful drain.
 //! - [`router`]: path cleaning, prefix routing between the API and static files.
 //! - [`filter`]: kubectl's regex filter on path, method and Host.

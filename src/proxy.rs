@@ -16,7 +16,7 @@ use crate::error::{chain, ProxyError};
 use crate::headers::strip_hop_by_hop;
 use crate::kubeconfig::Server;
 use crate::upgrade::Upgrader;
-use crate::upstream::UpstreamClient;
+use crate::upstream::Upstream;
 
 /// The `User-Agent` sent when the client sends none (kubectl sends its own in that case).
 pub const USER_AGENT: &str = concat!("kproxy/", env!("CARGO_PKG_VERSION"));
@@ -26,7 +26,8 @@ pub struct Proxy {
     server: Server,
     /// The server's path, prepended to every request with `--append-server-path`.
     base_path: String,
-    client: UpstreamClient,
+    /// The pooled client, rebuilt when the TLS material changes.
+    upstream: std::sync::Arc<Upstream>,
     auth: Auth,
     upgrader: Upgrader,
     /// Fired at shutdown to end long-running responses.
@@ -38,7 +39,7 @@ impl Proxy {
     pub fn new(
         server: Server,
         append_server_path: bool,
-        client: UpstreamClient,
+        upstream: std::sync::Arc<Upstream>,
         auth: Auth,
         upgrader: Upgrader,
         streams: CancellationToken,
@@ -51,7 +52,7 @@ impl Proxy {
         Self {
             server,
             base_path,
-            client,
+            upstream,
             auth,
             upgrader,
             streams,
@@ -78,23 +79,54 @@ impl Proxy {
         if !headers.contains_key(header::USER_AGENT) {
             headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
         }
-        let ours = self.auth.apply(headers).await?;
+        // A body-less request answered 401 after kproxy renewed its credential is sent once more with
+        // the new one; keep its headers, before credentials are added, for that (issue #3). Requests with
+        // a body are never replayed.
+        let replay = (upgrade.is_none()
+            && self.auth.credentials.renews_on_rejection()
+            && hyper::body::Body::is_end_stream(req.body()))
+        .then(|| req.headers().clone());
+        let used = self.auth.apply(req.headers_mut()).await?;
         if let Some(upgrade) = upgrade {
-            return self.upgrader.tunnel(req, uri, upgrade, &self.server).await;
+            let resp = self
+                .upgrader
+                .tunnel(req, uri, upgrade, &self.server)
+                .await?;
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                if let Some(used) = used {
+                    self.auth.credentials.rejected(used);
+                }
+            }
+            return Ok(resp);
         }
         let long_running = is_long_running(path, uri.query());
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
         // The pooled client picks HTTP/1.1 or HTTP/2 per connection; the client's version is irrelevant.
         parts.version = http::Version::HTTP_11;
+        let retry = replay.map(|headers| (parts.method.clone(), parts.uri.clone(), headers));
         let upstream_req = Request::from_parts(parts, Body::upstream(body));
-        let resp = self
-            .client
-            .request(upstream_req)
-            .await
-            .map_err(|e| self.classify(e))?;
-        if resp.status() == StatusCode::UNAUTHORIZED && ours {
-            self.auth.credentials.unauthorized();
+        let mut resp = self.send(upstream_req).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            if let Some(used) = used {
+                self.auth.credentials.rejected(used);
+                if let Some((method, uri, mut headers)) = retry {
+                    let renewed = self.auth.apply(&mut headers).await?;
+                    if renewed.is_some() && renewed != Some(used) {
+                        tracing::debug!("401 with a credential kproxy has since renewed: sending the request once more");
+                        let mut again = Request::new(Body::empty());
+                        *again.method_mut() = method;
+                        *again.uri_mut() = uri;
+                        *again.headers_mut() = headers;
+                        resp = self.send(again).await?;
+                        if resp.status() == StatusCode::UNAUTHORIZED {
+                            if let Some(renewed) = renewed {
+                                self.auth.credentials.rejected(renewed);
+                            }
+                        }
+                    }
+                }
+            }
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -106,6 +138,16 @@ impl Proxy {
             Body::upstream(body)
         };
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// Sends one request through the current connection pool.
+    async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+        let connectors = self.upstream.connectors();
+        connectors
+            .client
+            .request(req)
+            .await
+            .map_err(|e| self.classify(e))
     }
 
     fn upstream_uri(&self, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {

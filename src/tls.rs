@@ -1,8 +1,12 @@
 //! rustls client configuration for the upstream: trust roots from the kubeconfig CA (or the system store),
 //! `insecure-skip-tls-verify`, `tls-server-name`, and the client certificate, served through a resolver so
-//! credential refresh can swap it without rebuilding the connector.
+//! exec plugins and file reloads can swap it. [`TlsState`] re-reads certificate, key and CA files when
+//! they change on disk.
 
-use std::sync::{Arc, RwLock};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
@@ -60,10 +64,15 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The client certificate presented to the API server; swappable at run time.
+/// The client certificate presented to the API server; swappable at run time (file reloads and exec
+/// plugins that return certificates both go through [`ClientIdentity::set`]).
+///
+/// Every change bumps a generation counter; the upstream connection pool watches it and retires
+/// connections made with the previous certificate (see [`crate::upstream::Upstream`]).
 #[derive(Debug, Default)]
 pub struct ClientIdentity {
     current: RwLock<Option<Arc<CertifiedKey>>>,
+    generation: AtomicU64,
 }
 
 impl ClientIdentity {
@@ -71,12 +80,25 @@ impl ClientIdentity {
     pub fn new(key: Option<Arc<CertifiedKey>>) -> Self {
         Self {
             current: RwLock::new(key),
+            generation: AtomicU64::new(0),
         }
     }
 
-    /// Replaces the presented certificate; new handshakes use it.
-    pub fn set(&self, key: Option<Arc<CertifiedKey>>) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
+    /// Replaces the presented certificate; new handshakes use it. Returns whether it changed (the same
+    /// chain again is no change, so no connection is retired for it).
+    pub fn set(&self, key: Option<Arc<CertifiedKey>>) -> bool {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let same = match (&*current, &key) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.cert == b.cert,
+            _ => false,
+        };
+        if same {
+            return false;
+        }
+        *current = key;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        true
     }
 
     /// The certificate currently presented.
@@ -85,6 +107,11 @@ impl ClientIdentity {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Incremented on every change of the presented certificate.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }
 
@@ -98,47 +125,219 @@ impl ResolvesClientCert for ClientIdentity {
     }
 }
 
-/// Everything the connectors need.
+/// How often, at most, certificate, key and CA *files* are checked for changes. client-go re-reads
+/// client certificate files at most once a second (per handshake) and polls CA files every 5 minutes;
+/// kproxy checks all of them at most once a second, on the request path, so an idle kproxy does no work
+/// and the first request after a rotation already uses the new material.
+pub const TLS_FILE_CHECK_PERIOD: Duration = Duration::from_secs(1);
+
+/// The server verification in force.
 #[derive(Debug, Clone)]
-pub struct TlsMaterial {
-    /// The client configuration, without ALPN: each connector sets the protocols it speaks
-    /// (`h2` + `http/1.1` for ordinary requests, `http/1.1` alone for upgrades).
-    pub config: Arc<ClientConfig>,
-    /// `tls-server-name`, when set.
-    pub server_name: Option<ServerName<'static>>,
-    /// The swappable client certificate.
-    pub identity: Arc<ClientIdentity>,
+enum Trust {
+    /// `insecure-skip-tls-verify`.
+    Insecure,
+    /// The kubeconfig CA (the only root) or the system roots.
+    Roots(Arc<RootCertStore>),
 }
 
-/// Reads and checks the TLS material and builds the client configurations.
-pub fn build(settings: &TlsSettings) -> Result<TlsMaterial, TlsError> {
-    let provider = provider();
-    let key = match (&settings.client_cert, &settings.client_key) {
-        (Some(cert), Some(key)) => Some(Arc::new(load_identity(&provider, cert, key)?)),
-        _ => None,
-    };
-    let identity = Arc::new(ClientIdentity::new(key));
-    let server_name = settings
-        .server_name
-        .as_ref()
-        .map(|n| ServerName::try_from(n.clone()).map_err(|_| TlsError::ServerName(n.clone())))
-        .transpose()?;
+/// The upstream TLS material, reloaded from disk when its files change.
+///
+/// Inline `*-data` material is fixed. File material is checked at most every
+/// [`TLS_FILE_CHECK_PERIOD`] by [`TlsState::maybe_reload`]: the client certificate only when both
+/// certificate and key are files (as in client-go), the CA when it is a file. A change that does not
+/// parse, or a key that does not match its certificate (a pair caught half-written), keeps the previous
+/// material; an unusable CA is logged once per content.
+#[derive(Debug)]
+pub struct TlsState {
+    provider: Arc<CryptoProvider>,
+    server_name: Option<ServerName<'static>>,
+    identity: Arc<ClientIdentity>,
+    trust: RwLock<Trust>,
+    /// Bumped when the trust roots change (certificate changes bump the identity's counter).
+    generation: AtomicU64,
+    /// `None` when no TLS material is a file.
+    reload: Option<Mutex<Reload>>,
+    period: Duration,
+}
 
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
-    let builder = if settings.insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(InsecureVerifier(provider.clone())))
-    } else {
-        builder.with_root_certificates(root_store(settings.ca.as_ref())?)
-    };
-    let config = builder.with_client_cert_resolver(identity.clone());
-    Ok(TlsMaterial {
-        config: Arc::new(config),
-        server_name,
-        identity,
-    })
+/// The files to watch and what they held when last loaded.
+#[derive(Debug)]
+struct Reload {
+    due: Instant,
+    ca: Option<Watched>,
+    /// Certificate and key, watched as a pair.
+    pair: Option<(Watched, Watched)>,
+}
+
+#[derive(Debug)]
+struct Watched {
+    path: PathBuf,
+    /// The bytes last loaded (or, for the CA, last found unusable, so a bad file is reported once).
+    seen: Vec<u8>,
+}
+
+impl Watched {
+    fn new(source: &PemSource) -> Option<Watched> {
+        match source {
+            PemSource::File(path) => Some(Watched {
+                path: path.clone(),
+                seen: std::fs::read(path).unwrap_or_default(),
+            }),
+            PemSource::Data(_) => None,
+        }
+    }
+
+    /// The file's bytes when they differ from the last seen. A read error keeps the old material: a
+    /// secret volume swaps its symlink atomically, but a hand-run `cp` can race us, and the next check
+    /// sees the file again.
+    fn changed(&self) -> Option<Vec<u8>> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) if bytes != self.seen => Some(bytes),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(path = %self.path.display(), error = %e, "TLS file not readable; keeping the loaded material");
+                None
+            }
+        }
+    }
+}
+
+impl TlsState {
+    /// Reads and checks the TLS material. `period` is [`TLS_FILE_CHECK_PERIOD`] outside tests.
+    pub fn new(settings: &TlsSettings, period: Duration) -> Result<Arc<Self>, TlsError> {
+        let provider = provider();
+        let key = match (&settings.client_cert, &settings.client_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(load_identity(&provider, cert, key)?)),
+            _ => None,
+        };
+        let server_name = settings
+            .server_name
+            .as_ref()
+            .map(|n| ServerName::try_from(n.clone()).map_err(|_| TlsError::ServerName(n.clone())))
+            .transpose()?;
+        let trust = if settings.insecure {
+            Trust::Insecure
+        } else {
+            Trust::Roots(Arc::new(root_store(settings.ca.as_ref())?))
+        };
+        let ca = match (&trust, &settings.ca) {
+            (Trust::Roots(_), Some(source)) => Watched::new(source),
+            _ => None,
+        };
+        let pair = match (&settings.client_cert, &settings.client_key) {
+            (Some(c), Some(k)) => Watched::new(c).zip(Watched::new(k)),
+            _ => None,
+        };
+        let reload = (ca.is_some() || pair.is_some()).then(|| {
+            Mutex::new(Reload {
+                due: Instant::now() + period,
+                ca,
+                pair,
+            })
+        });
+        Ok(Arc::new(Self {
+            provider,
+            server_name,
+            identity: Arc::new(ClientIdentity::new(key)),
+            trust: RwLock::new(trust),
+            generation: AtomicU64::new(0),
+            reload,
+            period,
+        }))
+    }
+
+    /// `tls-server-name`, when set.
+    pub fn server_name(&self) -> Option<&ServerName<'static>> {
+        self.server_name.as_ref()
+    }
+
+    /// The swappable client certificate.
+    pub fn identity(&self) -> &Arc<ClientIdentity> {
+        &self.identity
+    }
+
+    /// Changes whenever the material changes: a connection pool built at another generation is stale.
+    pub fn generation(&self) -> u64 {
+        self.generation
+            .load(Ordering::Acquire)
+            .wrapping_add(self.identity.generation())
+    }
+
+    /// A client configuration from the current material, without ALPN (each connector sets the
+    /// protocols it speaks). Each call gets a fresh TLS session cache: resuming a session made with an
+    /// earlier client certificate would authenticate a new connection as the old identity.
+    pub fn client_config(&self) -> ClientConfig {
+        let trust = self.trust.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let builder = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports the default protocol versions");
+        let builder = match trust {
+            Trust::Insecure => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(InsecureVerifier(
+                    self.provider.clone(),
+                ))),
+            Trust::Roots(roots) => builder.with_root_certificates(roots),
+        };
+        builder.with_client_cert_resolver(self.identity.clone())
+    }
+
+    /// Re-reads changed certificate, key and CA files, at most once per period. Cheap when not due, and
+    /// never waits for another caller's check.
+    pub fn maybe_reload(&self) {
+        let Some(reload) = &self.reload else { return };
+        let Ok(mut r) = reload.try_lock() else { return };
+        let now = Instant::now();
+        if now < r.due {
+            return;
+        }
+        r.due = now + self.period;
+        if let Some(ca) = &mut r.ca {
+            if let Some(bytes) = ca.changed() {
+                let source = PemSource::File(ca.path.clone());
+                match roots_from(&source, &bytes) {
+                    Ok(roots) => {
+                        *self.trust.write().unwrap_or_else(|e| e.into_inner()) =
+                            Trust::Roots(Arc::new(roots));
+                        self.generation.fetch_add(1, Ordering::AcqRel);
+                        tracing::info!(path = %ca.path.display(), "certificate-authority changed on disk; new upstream connections trust it");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "keeping the previous certificate-authority")
+                    }
+                }
+                ca.seen = bytes;
+            }
+        }
+        if let Some((cert, key)) = &mut r.pair {
+            let (new_cert, new_key) = (cert.changed(), key.changed());
+            if new_cert.is_some() || new_key.is_some() {
+                let cert_bytes = new_cert.unwrap_or_else(|| cert.seen.clone());
+                let key_bytes = new_key.unwrap_or_else(|| key.seen.clone());
+                let loaded = load_identity(
+                    &self.provider,
+                    &PemSource::Data(cert_bytes.clone()),
+                    &PemSource::Data(key_bytes.clone()),
+                );
+                match loaded {
+                    Ok(k) => {
+                        cert.seen = cert_bytes;
+                        key.seen = key_bytes;
+                        if self.identity.set(Some(Arc::new(k))) {
+                            tracing::info!(path = %cert.path.display(), "client certificate changed on disk; new upstream connections present it");
+                        }
+                    }
+                    // Usually a pair caught between its two writes: not recorded, so the next check
+                    // tries again; logged at debug only.
+                    Err(e) => tracing::debug!(
+                        cert = %cert.path.display(),
+                        error = %e,
+                        "client certificate and key on disk are not a usable pair yet; keeping the loaded pair"
+                    ),
+                }
+            }
+        }
+    }
 }
 
 /// Parses every certificate in a PEM bundle.
@@ -170,28 +369,56 @@ pub fn parse_certs(
     Ok(certs)
 }
 
-fn root_store(ca: Option<&PemSource>) -> Result<RootCertStore, TlsError> {
+/// A root store holding exactly the CAs in `bytes`, which came from `source`.
+fn roots_from(source: &PemSource, bytes: &[u8]) -> Result<RootCertStore, TlsError> {
+    let certs = parse_certs("certificate-authority", &PemSource::Data(bytes.to_vec())).map_err(
+        |e| match e {
+            TlsError::Pem {
+                what,
+                expected,
+                detail,
+                ..
+            } => TlsError::Pem {
+                what,
+                source_desc: source.describe(),
+                expected,
+                detail,
+            },
+            other => other,
+        },
+    )?;
     let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|e| TlsError::Pem {
+            what: "certificate-authority",
+            source_desc: source.describe(),
+            expected: "CA CERTIFICATE",
+            detail: e.to_string(),
+        })?;
+    }
+    Ok(roots)
+}
+
+fn root_store(ca: Option<&PemSource>) -> Result<RootCertStore, TlsError> {
     match ca {
         Some(source) => {
-            for cert in parse_certs("certificate-authority", source)? {
-                roots.add(cert).map_err(|e| TlsError::Pem {
-                    what: "certificate-authority",
-                    source_desc: source.describe(),
-                    expected: "CA CERTIFICATE",
-                    detail: e.to_string(),
-                })?;
-            }
+            let bytes = source.load().map_err(|err| TlsError::Read {
+                what: "certificate-authority",
+                source_desc: source.describe(),
+                err,
+            })?;
+            roots_from(source, &bytes)
         }
         None => {
+            let mut roots = RootCertStore::empty();
             let native = rustls_native_certs::load_native_certs();
             for err in &native.errors {
                 tracing::warn!(error = %err, "while loading the system trust store");
             }
             roots.add_parsable_certificates(native.certs);
+            Ok(roots)
         }
     }
-    Ok(roots)
 }
 
 /// Loads a certificate chain and its key (PKCS#1 RSA, SEC1 EC or PKCS#8) and checks they match.

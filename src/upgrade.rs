@@ -6,8 +6,6 @@
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,39 +15,27 @@ use crate::body::Body;
 use crate::error::{chain, ProxyError};
 use crate::headers::strip_hop_by_hop;
 use crate::kubeconfig::Server;
-use crate::tls::TlsMaterial;
-use crate::upstream::http_connector;
+use crate::upstream::Upstream;
 
 /// Opens upgrade tunnels and keeps track of them for shutdown.
 #[derive(Clone)]
 pub struct Upgrader {
-    connector: HttpsConnector<HttpConnector>,
+    /// Dials with the same route (proxy) and TLS material as ordinary requests, HTTP/1.1 only.
+    upstream: std::sync::Arc<Upstream>,
     tunnels: TaskTracker,
     stop: CancellationToken,
 }
 
 impl Upgrader {
-    /// An upgrader dialling with `tls` (ALPN forced to HTTP/1.1) and TCP keep-alive `keepalive`.
+    /// An upgrader dialling through `upstream` (its upgrade connector speaks HTTP/1.1 and uses the
+    /// `--keepalive` period).
     pub fn new(
-        tls: &TlsMaterial,
-        keepalive: Option<std::time::Duration>,
+        upstream: std::sync::Arc<Upstream>,
         tunnels: TaskTracker,
         stop: CancellationToken,
     ) -> Self {
-        let builder = HttpsConnectorBuilder::new()
-            .with_tls_config((*tls.config).clone())
-            .https_or_http();
-        let builder = match &tls.server_name {
-            Some(name) => {
-                builder.with_server_name_resolver(FixedServerNameResolver::new(name.clone()))
-            }
-            None => builder,
-        };
-        let connector = builder
-            .enable_http1()
-            .wrap_connector(http_connector(keepalive));
         Self {
-            connector,
+            upstream,
             tunnels,
             stop,
         }
@@ -66,7 +52,9 @@ impl Upgrader {
     ) -> Result<Response<Body>, ProxyError> {
         let upstream = server.to_string();
         let io = self
-            .connector
+            .upstream
+            .connectors()
+            .upgrade
             .clone()
             .call(uri.clone())
             .await
