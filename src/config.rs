@@ -225,11 +225,15 @@ pub struct Lifecycle {
 pub fn build_router(config: &Config, lifecycle: &Lifecycle) -> Result<Arc<Router>, StartupError> {
     let material = tls::build(&config.cluster.tls)?;
     let client = upstream::client(&material, config.http2);
+    // Long-running requests get clients of their own, built exactly like the ordinary one.
+    let lanes = {
+        let (material, http2) = (material.clone(), config.http2);
+        upstream::StreamLanes::new(move || upstream::client(&material, http2))
+    };
     let credentials = Credentials::from_config(&config.cluster.auth)?;
     let auth = Auth::new(credentials, &config.cluster.impersonate)?;
     let upgrader = Upgrader::new(
-        &material,
-        config.keepalive,
+        upstream::connector(&material, upstream::Versions::Http1, config.keepalive),
         lifecycle.tunnels.clone(),
         lifecycle.streams.clone(),
     );
@@ -237,6 +241,7 @@ pub fn build_router(config: &Config, lifecycle: &Lifecycle) -> Result<Arc<Router
         config.cluster.server.clone(),
         config.append_server_path,
         client,
+        lanes,
         auth,
         upgrader,
         lifecycle.streams.clone(),

@@ -1,6 +1,8 @@
 //! The reverse proxy: rewrites a client request for the API server (URL, hop-by-hop headers,
 //! `X-Forwarded-For`, credentials), sends it through the pooled client and relays the answer as it
-//! streams. Long-running responses (watch, `log?follow`) are tagged so shutdown can end them cleanly.
+//! streams. Long-running requests (watch, `log?follow`) ride the [`StreamLanes`] instead of the ordinary
+//! client, so that hundreds of them neither exhaust one HTTP/2 connection's streams nor queue ordinary
+//! requests behind them, and their responses end cleanly at shutdown. Upgrades go to [`Upgrader`].
 
 use std::net::IpAddr;
 
@@ -16,7 +18,7 @@ use crate::error::{chain, ProxyError};
 use crate::headers::strip_hop_by_hop;
 use crate::kubeconfig::Server;
 use crate::upgrade::Upgrader;
-use crate::upstream::UpstreamClient;
+use crate::upstream::{StreamLanes, UpstreamClient};
 
 /// The `User-Agent` sent when the client sends none (kubectl sends its own in that case).
 pub const USER_AGENT: &str = concat!("kproxy/", env!("CARGO_PKG_VERSION"));
@@ -27,6 +29,8 @@ pub struct Proxy {
     /// The server's path, prepended to every request with `--append-server-path`.
     base_path: String,
     client: UpstreamClient,
+    /// Carries long-running requests (see [`crate::upstream`]).
+    lanes: StreamLanes,
     auth: Auth,
     upgrader: Upgrader,
     /// Fired at shutdown to end long-running responses.
@@ -39,6 +43,7 @@ impl Proxy {
         server: Server,
         append_server_path: bool,
         client: UpstreamClient,
+        lanes: StreamLanes,
         auth: Auth,
         upgrader: Upgrader,
         streams: CancellationToken,
@@ -52,6 +57,7 @@ impl Proxy {
             server,
             base_path,
             client,
+            lanes,
             auth,
             upgrader,
             streams,
@@ -80,16 +86,24 @@ impl Proxy {
         }
         let ours = self.auth.apply(headers).await?;
         if let Some(upgrade) = upgrade {
-            return self.upgrader.tunnel(req, uri, upgrade, &self.server).await;
+            let resp = self
+                .upgrader
+                .tunnel(req, uri, upgrade, &self.server)
+                .await?;
+            if resp.status() == StatusCode::UNAUTHORIZED && ours {
+                self.auth.credentials.unauthorized();
+            }
+            return Ok(resp);
         }
-        let long_running = is_long_running(path, uri.query());
+        // A long-running request takes a lane, held (through the body) until the response is dropped.
+        let lane = is_long_running(path, uri.query()).then(|| self.lanes.acquire());
+        let client = lane.as_ref().map_or(&self.client, |(c, _)| c);
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
         // The pooled client picks HTTP/1.1 or HTTP/2 per connection; the client's version is irrelevant.
         parts.version = http::Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, Body::upstream(body));
-        let resp = self
-            .client
+        let resp = client
             .request(upstream_req)
             .await
             .map_err(|e| self.classify(e))?;
@@ -100,10 +114,11 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers);
         // The client connection is HTTP/1.1 whatever the upstream spoke.
         parts.version = http::Version::HTTP_11;
-        let body = if long_running {
-            Body::stream(body, self.streams.clone().cancelled_owned())
-        } else {
-            Body::upstream(body)
+        let body = match lane {
+            Some((_, lease)) => {
+                Body::stream(body, self.streams.clone().cancelled_owned(), Some(lease))
+            }
+            None => Body::upstream(body),
         };
         Ok(Response::from_parts(parts, body))
     }
@@ -141,14 +156,32 @@ impl Proxy {
 
 /// Removes hop-by-hop headers, but returns the `Upgrade` value when the request asks for an upgrade,
 /// because the tunnel must send it on.
+///
+/// An upgrade to `h2c` alone is not one: `curl --http2 http://...` offers it on every plain request.
+/// kubectl proxy hijacks such a request and turns the API server's ordinary 200 into
+/// `500 invalid upgrade response`; kproxy declines the offer (as RFC 9110 §7.8 lets a server do, and as
+/// the API server itself does over TLS) and proxies the request normally, body included.
 fn strip_hop_by_hop_keep_upgrade(headers: &mut http::HeaderMap) -> Option<HeaderValue> {
-    let upgrade_value = headers.get(header::UPGRADE).cloned();
+    let upgrade_value = headers
+        .get(header::UPGRADE)
+        .filter(|v| !only_h2c(v))
+        .cloned();
     let upgrade = strip_hop_by_hop(headers);
     if upgrade {
         upgrade_value
     } else {
         None
     }
+}
+
+/// Whether an `Upgrade` value offers nothing but `h2c`.
+fn only_h2c(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .split(|b| *b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+        .all(|t| t.eq_ignore_ascii_case(b"h2c"))
 }
 
 fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
@@ -196,7 +229,9 @@ pub fn is_long_running(path: &str, query: Option<&str>) -> bool {
     query.is_some_and(|q| {
         q.split('&').any(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == "watch" || k == "follow") && (v == "true" || v == "1")
+            // The API server parses these with Go's `strconv.ParseBool`.
+            (k == "watch" || k == "follow")
+                && matches!(v, "true" | "1" | "t" | "T" | "TRUE" | "True")
         })
     })
 }
@@ -204,6 +239,33 @@ pub fn is_long_running(path: &str, query: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn h2c_alone_is_not_an_upgrade() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQAoAAAAAIAAAAA"),
+        );
+        assert_eq!(strip_hop_by_hop_keep_upgrade(&mut h), None);
+        assert!(h.is_empty(), "{h:?}");
+
+        for value in ["websocket", "SPDY/3.1", "h2c, websocket"] {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            h.insert(header::UPGRADE, HeaderValue::from_static(value));
+            assert_eq!(
+                strip_hop_by_hop_keep_upgrade(&mut h).unwrap(),
+                value,
+                "{value}"
+            );
+        }
+    }
 
     #[test]
     fn long_running_requests() {
