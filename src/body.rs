@@ -10,6 +10,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use crate::upstream::LaneLease;
+
 /// Errors a body can end with; the connection is aborted when one occurs mid-stream.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -24,6 +26,8 @@ enum Kind {
     Stream {
         inner: Incoming,
         stop: Pin<Box<WaitForCancellationFutureOwned>>,
+        /// The request's place on an upstream lane, freed when the body is dropped.
+        _lease: Option<LaneLease>,
     },
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
 }
@@ -45,11 +49,16 @@ impl Body {
         Body(Kind::Upstream(inner))
     }
 
-    /// An upstream body that ends cleanly when `stop` fires.
-    pub fn stream(inner: Incoming, stop: WaitForCancellationFutureOwned) -> Self {
+    /// An upstream body that ends cleanly when `stop` fires, holding `lease` until it is dropped.
+    pub fn stream(
+        inner: Incoming,
+        stop: WaitForCancellationFutureOwned,
+        lease: Option<LaneLease>,
+    ) -> Self {
         Body(Kind::Stream {
             inner,
             stop: Box::pin(stop),
+            _lease: lease,
         })
     }
 
@@ -75,7 +84,7 @@ impl http_body::Body for Body {
         match &mut self.get_mut().0 {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
-            Kind::Stream { inner, stop } => {
+            Kind::Stream { inner, stop, .. } => {
                 if stop.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(None);
                 }

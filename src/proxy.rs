@@ -1,6 +1,8 @@
 //! The reverse proxy: rewrites a client request for the API server (URL, hop-by-hop headers,
 //! `X-Forwarded-For`, credentials), sends it through the pooled client and relays the answer as it
-//! streams. Long-running responses (watch, `log?follow`) are tagged so shutdown can end them cleanly.
+//! streams. Long-running requests (watch, `log?follow`) ride the [`StreamLanes`] instead of the ordinary
+//! client, so that hundreds of them neither exhaust one HTTP/2 connection's streams nor queue ordinary
+//! requests behind them, and their responses end cleanly at shutdown. Upgrades go to [`Upgrader`].
 
 use std::net::IpAddr;
 
@@ -16,7 +18,7 @@ use crate::error::{chain, ProxyError};
 use crate::headers::strip_hop_by_hop;
 use crate::kubeconfig::Server;
 use crate::upgrade::Upgrader;
-use crate::upstream::Upstream;
+use crate::upstream::{LaneLease, Upstream};
 
 /// The `User-Agent` sent when the client sends none (kubectl sends its own in that case).
 pub const USER_AGENT: &str = concat!("kproxy/", env!("CARGO_PKG_VERSION"));
@@ -106,7 +108,8 @@ impl Proxy {
         parts.version = http::Version::HTTP_11;
         let retry = replay.map(|headers| (parts.method.clone(), parts.uri.clone(), headers));
         let upstream_req = Request::from_parts(parts, Body::upstream(body));
-        let mut resp = self.send(upstream_req).await?;
+        // A long-running request takes a lane, held (through the body) until the response is dropped.
+        let (mut resp, mut lease) = self.send(upstream_req, long_running).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             if let Some(used) = used {
                 self.auth.credentials.rejected(used);
@@ -118,7 +121,7 @@ impl Proxy {
                         *again.method_mut() = method;
                         *again.uri_mut() = uri;
                         *again.headers_mut() = headers;
-                        resp = self.send(again).await?;
+                        (resp, lease) = self.send(again, long_running).await?;
                         if resp.status() == StatusCode::UNAUTHORIZED {
                             if let Some(renewed) = renewed {
                                 self.auth.credentials.rejected(renewed);
@@ -133,21 +136,29 @@ impl Proxy {
         // The client connection is HTTP/1.1 whatever the upstream spoke.
         parts.version = http::Version::HTTP_11;
         let body = if long_running {
-            Body::stream(body, self.streams.clone().cancelled_owned())
+            Body::stream(body, self.streams.clone().cancelled_owned(), lease.take())
         } else {
             Body::upstream(body)
         };
         Ok(Response::from_parts(parts, body))
     }
 
-    /// Sends one request through the current connection pool.
-    async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+    /// Sends one request through the current connection pool; a long-running request goes on a lane
+    /// (see [`crate::upstream`]) and gets the lease that holds its place there.
+    async fn send(
+        &self,
+        req: Request<Body>,
+        long_running: bool,
+    ) -> Result<(Response<Incoming>, Option<LaneLease>), ProxyError> {
         let connectors = self.upstream.connectors();
-        connectors
-            .client
-            .request(req)
-            .await
-            .map_err(|e| self.classify(e))
+        let (client, lease) = if long_running {
+            let (client, lease) = connectors.lanes.acquire();
+            (client, Some(lease))
+        } else {
+            (connectors.client.clone(), None)
+        };
+        let resp = client.request(req).await.map_err(|e| self.classify(e))?;
+        Ok((resp, lease))
     }
 
     fn upstream_uri(&self, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
@@ -183,14 +194,32 @@ impl Proxy {
 
 /// Removes hop-by-hop headers, but returns the `Upgrade` value when the request asks for an upgrade,
 /// because the tunnel must send it on.
+///
+/// An upgrade to `h2c` alone is not one: `curl --http2 http://...` offers it on every plain request.
+/// kubectl proxy hijacks such a request and turns the API server's ordinary 200 into
+/// `500 invalid upgrade response`; kproxy declines the offer (as RFC 9110 §7.8 lets a server do, and as
+/// the API server itself does over TLS) and proxies the request normally, body included.
 fn strip_hop_by_hop_keep_upgrade(headers: &mut http::HeaderMap) -> Option<HeaderValue> {
-    let upgrade_value = headers.get(header::UPGRADE).cloned();
+    let upgrade_value = headers
+        .get(header::UPGRADE)
+        .filter(|v| !only_h2c(v))
+        .cloned();
     let upgrade = strip_hop_by_hop(headers);
     if upgrade {
         upgrade_value
     } else {
         None
     }
+}
+
+/// Whether an `Upgrade` value offers nothing but `h2c`.
+fn only_h2c(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .split(|b| *b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+        .all(|t| t.eq_ignore_ascii_case(b"h2c"))
 }
 
 fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
@@ -238,7 +267,9 @@ pub fn is_long_running(path: &str, query: Option<&str>) -> bool {
     query.is_some_and(|q| {
         q.split('&').any(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == "watch" || k == "follow") && (v == "true" || v == "1")
+            // The API server parses these with Go's `strconv.ParseBool`.
+            (k == "watch" || k == "follow")
+                && matches!(v, "true" | "1" | "t" | "T" | "TRUE" | "True")
         })
     })
 }
@@ -246,6 +277,33 @@ pub fn is_long_running(path: &str, query: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn h2c_alone_is_not_an_upgrade() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQAoAAAAAIAAAAA"),
+        );
+        assert_eq!(strip_hop_by_hop_keep_upgrade(&mut h), None);
+        assert!(h.is_empty(), "{h:?}");
+
+        for value in ["websocket", "SPDY/3.1", "h2c, websocket"] {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            h.insert(header::UPGRADE, HeaderValue::from_static(value));
+            assert_eq!(
+                strip_hop_by_hop_keep_upgrade(&mut h).unwrap(),
+                value,
+                "{value}"
+            );
+        }
+    }
 
     #[test]
     fn long_running_requests() {

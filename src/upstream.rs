@@ -1,9 +1,28 @@
 //! The pooled HTTP client that carries requests to the API server: rustls, HTTP/2 negotiated by ALPN,
 //! keep-alive connections reused across requests, dialled directly or through the proxy [`egress`]
 //! chooses. [`Upstream`] rebuilds the pool when the TLS material changes.
+//!
+//! Every upstream connection, whatever it carries, is dialled from the same TLS material and route: the
+//! pooled client for ordinary requests, the [`StreamLanes`] for long-running requests, and the upgrade
+//! tunnels of [`crate::upgrade`]. Anything that changes how kproxy reaches the API server (an upstream
+//! proxy, TLS settings) belongs in [`Upstream`], so that all three get it.
+//!
+//! # Long-running requests
+//! Watches and followed logs hold an HTTP/2 stream open for minutes to hours, and the API server allows
+//! only so many concurrent streams per connection (`SETTINGS_MAX_CONCURRENT_STREAMS`, 100 on the API
+//! servers kproxy targets; Go's default is 250). On one shared connection the 101st watch would queue
+//! inside the HTTP/2 client, and every ordinary request behind it. So long-running requests do not use
+//! the ordinary client: [`StreamLanes`] spreads them over extra HTTP/2 connections ("lanes"), at most
+//! [`STREAMS_PER_LANE`] on each, opening a lane when all are full and closing empty ones. The ordinary
+//! client keeps its connection for short requests. A watch then costs one HTTP/2 stream (a few hundred
+//! bytes of state, plus whatever the client has not read yet, bounded by the stream window), not a TCP
+//! and TLS connection of its own; 1,000 watches use 16 upstream connections. Against an HTTP/1.1-only
+//! upstream (`http://` servers, `DISABLE_HTTP2`) each long-running request needs its own connection
+//! anyway; the lanes then only partition the pools.
 
 pub mod egress;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -54,6 +73,8 @@ pub struct Connectors {
     pub client: UpstreamClient,
     /// The connector for upgrade tunnels.
     pub upgrade: UpgradeConnector,
+    /// The clients for long-running requests.
+    pub lanes: StreamLanes,
 }
 
 /// The way to the API server: the egress route, the TLS material, and the connection pool built from
@@ -160,27 +181,71 @@ fn egress(tls: &TlsState, route: &Arc<Route>, keepalive: Option<Duration>) -> Eg
 }
 
 fn build(
-    tls: &TlsState,
+    tls: &Arc<TlsState>,
     route: &Arc<Route>,
     http2: bool,
     upgrade_keepalive: Option<Duration>,
     generation: u64,
 ) -> Connectors {
     let config = tls.client_config();
+    let server_name = tls.server_name().cloned();
+    let client = pooled_client(https(
+        &config,
+        server_name.as_ref(),
+        http2,
+        egress(tls, route, Some(TCP_KEEPALIVE)),
+    ));
+    // Long-running requests get clients of their own, dialled exactly like the ordinary one.
+    let lanes = {
+        let (tls, route) = (tls.clone(), route.clone());
+        let (config, server_name) = (config.clone(), server_name.clone());
+        StreamLanes::new(move || {
+            pooled_client(https(
+                &config,
+                server_name.as_ref(),
+                http2,
+                egress(&tls, &route, Some(TCP_KEEPALIVE)),
+            ))
+        })
+    };
+    // Upgrades speak HTTP/1.1 over a dedicated connection, with the same TLS material and route.
+    let upgrade = https(
+        &config,
+        server_name.as_ref(),
+        false,
+        egress(tls, route, upgrade_keepalive),
+    );
+    Connectors {
+        generation,
+        client,
+        upgrade,
+        lanes,
+    }
+}
+
+/// TLS over `dial`, offering HTTP/2 and HTTP/1.1 by ALPN when `http2`, else HTTP/1.1 only.
+fn https(
+    config: &rustls::ClientConfig,
+    server_name: Option<&rustls_pki_types::ServerName<'static>>,
+    http2: bool,
+    dial: EgressConnector,
+) -> HttpsConnector<EgressConnector> {
     let builder = HttpsConnectorBuilder::new()
         .with_tls_config(config.clone())
         .https_or_http();
-    let builder = match tls.server_name() {
+    let builder = match server_name {
         Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name.clone())),
         None => builder,
     };
-    let dial = egress(tls, route, Some(TCP_KEEPALIVE));
-    let https = if http2 {
+    if http2 {
         builder.enable_all_versions().wrap_connector(dial)
     } else {
         builder.enable_http1().wrap_connector(dial)
-    };
-    let client = Client::builder(TokioExecutor::new())
+    }
+}
+
+fn pooled_client(https: HttpsConnector<EgressConnector>) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -190,22 +255,83 @@ fn build(
         .http2_keep_alive_while_idle(false)
         // Large LISTs and downloads need more than HTTP/2's 64 KiB default window to run at line rate.
         .http2_adaptive_window(true)
-        .build(https);
+        .build(https)
+}
 
-    // Upgrades speak HTTP/1.1 over a dedicated connection, with the same TLS material and route.
-    let builder = HttpsConnectorBuilder::new()
-        .with_tls_config(config)
-        .https_or_http();
-    let builder = match tls.server_name() {
-        Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name.clone())),
-        None => builder,
-    };
-    let upgrade = builder
-        .enable_http1()
-        .wrap_connector(egress(tls, route, upgrade_keepalive));
-    Connectors {
-        generation,
-        client,
-        upgrade,
+/// Long-running requests per lane: below the 100 concurrent streams the API server grants per HTTP/2
+/// connection, with room for a server configured lower (see the module doc).
+pub const STREAMS_PER_LANE: usize = 64;
+
+/// The pooled clients that carry long-running requests, each with its own HTTP/2 connection and at most
+/// [`STREAMS_PER_LANE`] streams on it (see the module doc).
+pub struct StreamLanes {
+    /// Builds the client of a new lane; the same constructor as the ordinary client, so lanes dial the
+    /// API server exactly as ordinary requests do.
+    make: Box<dyn Fn() -> UpstreamClient + Send + Sync>,
+    lanes: Mutex<Vec<Lane>>,
+}
+
+struct Lane {
+    client: UpstreamClient,
+    /// Long-running requests on this lane, from dispatch until their response body is dropped.
+    open: Arc<AtomicUsize>,
+}
+
+/// A long-running request's place on a lane, released on drop. Keep it as long as the response body.
+#[derive(Debug)]
+pub struct LaneLease(Arc<AtomicUsize>);
+
+impl Drop for LaneLease {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl StreamLanes {
+    /// Lanes whose clients come from `make`.
+    pub fn new(make: impl Fn() -> UpstreamClient + Send + Sync + 'static) -> Self {
+        Self {
+            make: Box::new(make),
+            lanes: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A client for one more long-running request, and the lease that counts it. Fills lanes in order,
+    /// so few connections are used, and opens a lane when all are full. Lanes left empty at the end of
+    /// the list are closed (their connection goes with their pool), except the first.
+    pub fn acquire(&self) -> (UpstreamClient, LaneLease) {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        while lanes.len() > 1
+            && lanes
+                .last()
+                .is_some_and(|l| l.open.load(Ordering::Acquire) == 0)
+        {
+            lanes.pop();
+        }
+        let index = match lanes
+            .iter()
+            .position(|l| l.open.load(Ordering::Acquire) < STREAMS_PER_LANE)
+        {
+            Some(i) => i,
+            None => {
+                lanes.push(Lane {
+                    client: (self.make)(),
+                    open: Arc::new(AtomicUsize::new(0)),
+                });
+                lanes.len() - 1
+            }
+        };
+        let lane = &lanes[index];
+        lane.open.fetch_add(1, Ordering::AcqRel);
+        (lane.client.clone(), LaneLease(lane.open.clone()))
+    }
+
+    /// Open long-running requests per lane, for tests and diagnostics.
+    pub fn occupancy(&self) -> Vec<usize> {
+        let lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        lanes
+            .iter()
+            .map(|l| l.open.load(Ordering::Acquire))
+            .collect()
     }
 }

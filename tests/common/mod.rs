@@ -3,6 +3,10 @@
 //! for CLI tests, and small clients. Each integration test file does `mod common;` and uses what it needs.
 #![allow(dead_code)]
 
+// Upgrade endpoints (WebSocket, SPDY/3.1, kubectl's exec/attach/port-forward) and raw stream clients.
+pub mod spdy;
+pub mod streams;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
