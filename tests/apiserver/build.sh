@@ -50,7 +50,7 @@ kminor=${kver#v*.}; kminor=${kminor%%.*}
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$kver -X k8s.io/component-base/version.gitMajor=$kmajor -X k8s.io/component-base/version.gitMinor=$kminor"
 
 echo "build.sh: building k8s-testenv ($kver, $("$go" version)) into $out" >&2
-echo "build.sh: a cold build takes about 10-25 min on 2 cores" >&2
+echo "build.sh: a cold build takes about 5 min on 2 idle cores (about 10 min of CPU), longer on a busy machine" >&2
 tmp="$out/k8s-testenv.tmp.$$"
 start=$(date +%s)
 if ! CGO_ENABLED=0 "$go" build -mod=readonly -buildvcs=false -trimpath -ldflags "$ldflags" -o "$tmp" . >&2; then

@@ -6,6 +6,9 @@
 //	TESTENV_DIR   directory to write into (created if missing; should be empty). Required.
 //	TESTENV_PORT  secure port of the apiserver (default: a free port).
 //	TESTENV_VERBOSE=1  copy the complete log to stderr (default: errors only).
+//	TESTENV_STDIN_EOF_EXIT=1  stop (as on SIGTERM) when stdin reaches EOF, so
+//	              that a test process that dies without killing us (its end of
+//	              a stdin pipe closes) does not leave the server running.
 //
 // Extra command-line arguments are passed to kube-apiserver after the built-in
 // ones (later flags win), e.g. `k8s-testenv -v=4`.
@@ -27,6 +30,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/url"
@@ -35,10 +39,12 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 	_ "time/tzdata" // as in cmd/kube-apiserver: timeZone support in CronJob
 
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.etcd.io/etcd/server/v3/storage/wal"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -109,6 +115,13 @@ func main() {
 		"-v=0",
 	}, os.Args[1:]...))
 
+	if os.Getenv("TESTENV_STDIN_EOF_EXIT") == "1" {
+		go func() {
+			io.Copy(io.Discard, os.Stdin)
+			syscall.Kill(os.Getpid(), syscall.SIGTERM) // graceful stop via the apiserver's handler
+		}()
+	}
+
 	go func() {
 		if err := bootstrap(p, server); err != nil {
 			fatalf("bootstrap: %v", err)
@@ -117,6 +130,7 @@ func main() {
 	}()
 
 	code := cli.Run(cmd) // blocks until the signal context is cancelled and the server has shut down
+	syncLogs()           // everything logged so far is filtered as usual
 	stopping.Store(true)
 	etcd.Close()
 	flushLogs()
@@ -126,6 +140,10 @@ func main() {
 // startEtcd starts a single-member embedded etcd on free loopback ports,
 // retrying with new ports if a chosen port was taken in the meantime.
 func startEtcd(dataDir string) (*embed.Etcd, string) {
+	// etcd preallocates WAL segments (the live one plus a spare): 2 x 64 MB by
+	// default, 2 x 8 MB here. Plenty for a test server; etcd's own WAL tests
+	// change this variable too.
+	wal.SegmentSizeBytes = 8 * 1000 * 1000
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
 		cu := url.URL{Scheme: "http", Host: "127.0.0.1:" + freePort()}
@@ -266,8 +284,8 @@ func bootstrap(p func(string) string, server string) error {
 				// Not "view": that ClusterRole is aggregated, and the aggregation controller runs in
 				// kube-controller-manager, so here it has no rules. system:aggregate-to-view holds
 				// the actual rules of "view" (get/list/watch on most namespaced resources).
-				RoleRef:    rbacv1.RoleRef{APIGroup: rbac, Kind: "ClusterRole", Name: "system:aggregate-to-view"},
-				Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: "default", Name: "kproxy-sa"}},
+				RoleRef:  rbacv1.RoleRef{APIGroup: rbac, Kind: "ClusterRole", Name: "system:aggregate-to-view"},
+				Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: "default", Name: "kproxy-sa"}},
 			}, metav1.CreateOptions{})
 			return err
 		}},
@@ -363,14 +381,17 @@ func read(file string) []byte {
 // Logging. klog (apiserver) and zap (etcd) write to os.Stderr, which setupLogs
 // replaces with a pipe: every line goes to the log file; klog lines go on to
 // the real stderr only if they are errors (E/F), other lines (etcd JSON,
-// cobra errors) unless the server is stopping (etcd complains about closed
-// listeners then). Indented lines follow the line they continue. Go runtime
+// cobra errors) unless the apiserver has already stopped (etcd complains
+// about closed listeners then). Indented lines follow the line they continue. Go runtime
 // panics write to file descriptor 2 directly and are never filtered.
 var (
 	realStderr = os.Stderr
 	logPipe    *os.File
 	logDone    = make(chan struct{})
+	logSynced  = make(chan struct{}, 1)
 )
+
+const syncMarker = "\x00k8s-testenv-sync\n"
 
 // Logged at E level on every start, harmless here (no controller-manager, no
 // manifest-based admission config, fresh etcd); still in the log file.
@@ -378,6 +399,7 @@ var benign = []string{
 	"The manifest file is empty, ignoring",
 	"Failed to ensure lease exists, will retry",
 	"Found stale data, removed previous endpoints on kubernetes service",
+	`namespaces \"kube-system\" not found`,
 	"is not allocated; repairing",
 }
 
@@ -393,6 +415,13 @@ func setupLogs(file string, verbose bool) {
 		forward := true
 		for {
 			line, err := br.ReadString('\n')
+			if line == syncMarker {
+				select {
+				case logSynced <- struct{}{}:
+				default:
+				}
+				continue
+			}
 			if line != "" {
 				f.WriteString(line)
 				switch {
@@ -433,6 +462,15 @@ func isKlogHeader(line string) bool {
 		}
 	}
 	return true
+}
+
+// syncLogs waits until the log pipe has processed everything written so far.
+func syncLogs() {
+	logPipe.WriteString(syncMarker)
+	select {
+	case <-logSynced:
+	case <-time.After(2 * time.Second):
+	}
 }
 
 // flushLogs drains the log pipe before the process exits.
