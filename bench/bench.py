@@ -177,6 +177,7 @@ http {{
     http2_max_concurrent_streams 2000;
     server {{
         listen 127.0.0.1:{port} ssl http2;
+        ssl_protocols TLSv1.2 TLSv1.3;  # nginx 1.22 offers no TLS 1.3 by default; API servers do
         ssl_certificate {tmp}/server.crt;
         ssl_certificate_key {tmp}/server.key;
         root {www};
@@ -408,6 +409,8 @@ class Bench:
             pid = proc.pid
             time.sleep(0.5)
             self.add(target, "rss_idle_mib", status_kib(pid, "VmRSS") / 1024)
+            # The private part: RSS less the binary's and libraries' file-backed pages.
+            self.add(target, "rss_anon_idle_mib", status_kib(pid, "RssAnon") / 1024)
         base, hdr = self.base_url(target, port)
         try:
             # One connection: latency, throughput.
@@ -522,6 +525,7 @@ METRICS = [
     ("list_mbps", "1 MB LIST MB/s, c=8", True, 0),
     ("download_mbps", "100 MB download MB/s", True, 0),
     ("rss_idle_mib", "RSS idle MiB", False, 1),
+    ("rss_anon_idle_mib", "  of which anonymous MiB", False, 1),
     ("rss_peak_c64_mib", "RSS peak c=64 MiB", False, 1),
     ("rss_watches_h1_mib", "RSS, 1000 watches, h1 upstream MiB", False, 1),
     ("kib_per_watch_h1", "KiB per watch, h1 upstream", False, 1),
