@@ -24,6 +24,11 @@ pub static HOP_BY_HOP: [HeaderName; 9] = [
 /// end to end. Returns whether the message asked for a protocol upgrade, which the caller must know
 /// before the evidence is gone.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
+    // The common case: none present. One pass over the few names present compares mostly enum tags,
+    // where probing the map for each table entry would hash eleven names.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return false;
+    }
     let mut upgrade = false;
     // The common case (no Connection header) allocates nothing.
     if headers.contains_key(header::CONNECTION) {

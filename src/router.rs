@@ -88,7 +88,9 @@ impl Router {
             (Some(len), api) if !api || len > self.api_prefix.len() => {
                 let (prefix, files) = self.www.as_ref().expect("matched above");
                 let rest = strip_raw(raw_path, &decoded, prefix);
-                return Ok(files.serve(&req, &rest).await);
+                // Boxed: this rare path's future is large, and hyper keeps room for the handler's
+                // future in every connection for as long as the connection lives.
+                return Ok(Box::pin(files.serve(&req, &rest)).await);
             }
             (_, true) => {}
             _ => {
@@ -106,7 +108,8 @@ impl Router {
         let (forward_path, filter_path) = if self.strip_api_prefix {
             (
                 strip_raw(raw_path, &decoded, &self.api_prefix),
-                Cow::Owned(format!("/{}", &decoded[self.api_prefix.len()..])),
+                // The prefix ends with `/`, so what follows it, with that `/`, is the path.
+                Cow::Borrowed(&decoded[self.api_prefix.len() - 1..]),
             )
         } else {
             (Cow::Borrowed(raw_path), Cow::Borrowed(&*decoded))
@@ -139,10 +142,11 @@ impl Router {
 }
 
 /// The raw (still encoded) path after `prefix`, with a leading `/` (kubectl's `stripLeaveSlash`). When
-/// the raw path spells the prefix with escapes, the decoded remainder is re-encoded instead.
+/// the raw path spells the prefix with escapes, the decoded remainder is re-encoded instead. `prefix`
+/// ends with `/`, which becomes the leading `/` of the result, so the common case borrows.
 fn strip_raw<'a>(raw: &'a str, decoded: &str, prefix: &str) -> Cow<'a, str> {
     match raw.strip_prefix(prefix) {
-        Some(rest) => Cow::Owned(format!("/{rest}")),
+        Some(_) => Cow::Borrowed(&raw[prefix.len() - 1..]),
         None => {
             let rest = &decoded[prefix.len()..];
             let encoded = percent_encoding::utf8_percent_encode(rest, PATH_ESCAPE);
