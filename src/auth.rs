@@ -62,16 +62,25 @@ impl Auth {
     /// Adds credentials and impersonation to `headers`. Returns whether kproxy supplied the
     /// `Authorization` (so a 401 says something about our credential rather than the client's).
     pub async fn apply(&self, headers: &mut HeaderMap) -> Result<bool, CredentialError> {
+        // client-go tests `len(req.Header.Get(name)) != 0`: an empty header counts as absent, and then
+        // `Set` replaces it.
+        let present = |h: &HeaderMap, name: &HeaderName| h.get(name).is_some_and(|v| !v.is_empty());
         let mut ours = false;
-        if !headers.contains_key(AUTHORIZATION) {
+        if !present(headers, &AUTHORIZATION) {
             if let Some(v) = self.credentials.authorization().await? {
                 headers.insert(AUTHORIZATION, v);
                 ours = true;
             }
         }
-        if !self.impersonation.is_empty() && !headers.contains_key(&IMPERSONATE_USER) {
+        if !self.impersonation.is_empty() && !present(headers, &IMPERSONATE_USER) {
             for (name, value) in &self.impersonation {
-                headers.append(name.clone(), value.clone());
+                // client-go `Set`s the user and uid (replacing what the client sent) and `Add`s groups
+                // and extras to the client's.
+                if *name == IMPERSONATE_USER || *name == IMPERSONATE_UID {
+                    headers.insert(name.clone(), value.clone());
+                } else {
+                    headers.append(name.clone(), value.clone());
+                }
             }
         }
         Ok(ours)
