@@ -151,21 +151,22 @@ fn strip_hop_by_hop_keep_upgrade(headers: &mut http::HeaderMap) -> Option<Header
     }
 }
 
+/// Whether a rustls error (a certificate the kubeconfig does not trust, a handshake failure) is the cause.
+/// The connector nests it in `io::Error`s (`Other` around `InvalidData` around the rustls error), and
+/// `io::Error::source` skips the wrapped error, so each `io::Error` is unwrapped through `get_ref`.
 fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if e.downcast_ref::<rustls::Error>().is_some() {
             return true;
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-            {
-                return true;
-            }
-        }
-        cur = e.source();
+        cur = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     false
 }

@@ -71,6 +71,7 @@ impl Router {
         req: Request<Incoming>,
         remote: Option<SocketAddr>,
     ) -> Result<Response<Body>, ProxyError> {
+        check_host(&req)?;
         let raw_path = req.uri().path();
         let decoded = percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy();
         let clean = clean_path(&decoded);
@@ -135,6 +136,20 @@ impl Router {
         self.proxy
             .forward(req, &forward_path, remote.map(|a| a.ip()))
             .await
+    }
+}
+
+/// Rejects what Go's server (and so kubectl proxy) rejects before routing: an HTTP/1.1 request without a
+/// `Host` header, even in absolute form, and a request with more than one (RFC 9112 §3.2 requires a 400 for
+/// both). hyper accepts them, and the filter would then read the first `Host` or none.
+fn check_host<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => Err(ProxyError::BadRequest("too many Host headers".to_owned())),
+        (None, None) if req.version() >= http::Version::HTTP_11 => Err(ProxyError::BadRequest(
+            "missing required Host header".to_owned(),
+        )),
+        _ => Ok(()),
     }
 }
 
