@@ -79,6 +79,13 @@ impl Router {
             return Ok(redirect(&clean, req.uri().query()));
         }
 
+        // `/custom` for prefix `/custom/` redirects, as ServeMux does for a subtree root named without its
+        // slash, even when a shorter prefix (`/`) would match it.
+        let is_root_of = |prefix: &str| prefix.strip_suffix('/') == Some(&*decoded);
+        if is_root_of(&self.api_prefix) || self.www.as_ref().is_some_and(|(p, _)| is_root_of(p)) {
+            return Ok(redirect(&format!("{decoded}/"), req.uri().query()));
+        }
+
         let www_len = self
             .www
             .as_ref()
@@ -92,16 +99,7 @@ impl Router {
                 return Ok(files.serve(&req, &rest).await);
             }
             (_, true) => {}
-            _ => {
-                // `/custom` for prefix `/custom/` redirects, as ServeMux does for subtree patterns.
-                let with_slash = format!("{decoded}/");
-                let is_prefix = with_slash == self.api_prefix
-                    || self.www.as_ref().is_some_and(|(p, _)| *p == with_slash);
-                if is_prefix {
-                    return Ok(redirect(&with_slash, req.uri().query()));
-                }
-                return Err(ProxyError::NotFound(decoded.into_owned()));
-            }
+            _ => return Err(ProxyError::NotFound(decoded.into_owned())),
         }
 
         let (forward_path, filter_path) = if self.strip_api_prefix {
