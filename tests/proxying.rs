@@ -382,7 +382,7 @@ async fn impersonation_follows_client_go_precedence() {
 }
 
 #[tokio::test]
-async fn credentials_and_impersonation_go_only_to_https_servers() {
+async fn credentials_go_only_to_https_servers_but_impersonation_does_not() {
     let api = FakeApi::builder().http().start().await;
     let kc = kubeconfig(
         api.pki.dir.path(),
@@ -396,8 +396,9 @@ async fn credentials_and_impersonation_go_only_to_https_servers() {
     assert_eq!(status, 200);
     let rec = api.last();
     assert_eq!(rec.header("authorization"), None);
-    assert_eq!(rec.header("impersonate-user"), None);
-    assert_eq!(rec.header("impersonate-group"), None);
+    // kubectl sends impersonation to http:// servers too (see tests/kubectl_compat.rs).
+    assert_eq!(rec.header_all("impersonate-user"), ["jane"]);
+    assert_eq!(rec.header_all("impersonate-group"), ["g"]);
     // And the flags on an http:// --server do not change that.
     let kp2 = Kproxy::start(
         &[&format!("--server={}", api.url), "--token=flag-token"],
