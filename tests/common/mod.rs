@@ -126,6 +126,13 @@ impl Pki {
         self.issue(name, params)
     }
 
+    /// A serving certificate for exactly `names`.
+    pub fn server_named(&self, name: &str, names: &[String]) -> Issued {
+        let mut params = CertificateParams::new(names.to_vec()).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(name, params)
+    }
+
     /// A client certificate for user `cn` in groups `orgs`.
     pub fn client(&self, name: &str, cn: &str, orgs: &[&str]) -> Issued {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -264,7 +271,8 @@ impl FakeApiBuilder {
         self.pki = Some(pki);
         self
     }
-    /// Adds DNS names to the serving certificate (besides localhost, 127.0.0.1 and ::1).
+    /// Gives the serving certificate exactly these names, instead of localhost, 127.0.0.1 and ::1 (so a
+    /// kubeconfig must use `tls-server-name` to verify it).
     pub fn server_names(mut self, names: &[&str]) -> Self {
         self.server_names = names.iter().map(|n| n.to_string()).collect();
         self
@@ -304,11 +312,12 @@ impl FakeApiBuilder {
             };
             (Arc::new(issued), dir.join("ca.crt"))
         } else {
-            let names: Vec<&str> = self.server_names.iter().map(String::as_str).collect();
-            (
-                Arc::new(pki.server("apiserver", &names)),
-                pki.ca_path.clone(),
-            )
+            let issued = if self.server_names.is_empty() {
+                pki.server("apiserver", &[])
+            } else {
+                pki.server_named("apiserver", &self.server_names)
+            };
+            (Arc::new(issued), pki.ca_path.clone())
         };
         let ca_pem = std::fs::read_to_string(&ca_path).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
