@@ -197,7 +197,10 @@ pub fn is_long_running(path: &str, query: Option<&str>) -> bool {
     query.is_some_and(|q| {
         q.split('&').any(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == "watch" || k == "follow") && (v == "true" || v == "1")
+            // The API server reads these with Go's strconv.ParseBool, so `watch=True` or `follow=t`
+            // start a stream too.
+            (k == "watch" || k == "follow")
+                && matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True")
         })
     })
 }
@@ -215,7 +218,10 @@ mod tests {
             "/api/v1/namespaces/d/pods/p/log",
             Some("follow=true")
         ));
+        assert!(is_long_running("/api/v1/pods", Some("watch=True")));
+        assert!(is_long_running("/api/v1/pods", Some("follow=t")));
         assert!(!is_long_running("/api/v1/pods", Some("watch=false")));
+        assert!(!is_long_running("/api/v1/pods", Some("watch=yes")));
         assert!(!is_long_running("/api/v1/pods", None));
     }
 }

@@ -242,3 +242,37 @@ async fn idle_keep_alive_connections_do_not_delay_shutdown() {
         "kproxy must close idle connections at shutdown"
     );
 }
+
+/// The API server parses `watch` and `follow` as Go booleans: `watch=True` is a watch too, and must be
+/// ended at shutdown rather than waited for.
+#[tokio::test]
+async fn any_go_boolean_spelling_of_watch_is_ended_at_shutdown() {
+    let (opened_tx, mut opened) = mpsc::unbounded_channel();
+    let api = FakeApi::builder()
+        .route("/api/v1/configmaps", move |_, _| {
+            let _ = opened_tx.send(());
+            async move {
+                // A watch that never sends anything and never ends by itself.
+                let body = async_stream(|tx| async move { tx.closed().await });
+                Response::new(body)
+            }
+        })
+        .start()
+        .await;
+    let kc = kubeconfig_for(&api, "kc.yaml", "token: t");
+    let kp = Kproxy::with_kubeconfig(&kc, &["--shutdown-grace=30s"]).await;
+    let resp = send(
+        Request::get(format!("{}/api/v1/configmaps?watch=True", kp.url))
+            .body(full(""))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    tokio::time::timeout(WAIT, opened.recv()).await.unwrap();
+    let took = kp.stop().await;
+    assert!(took < STREAMS_ONLY_EXIT, "waited {took:?} for a watch");
+    let rest = tokio::time::timeout(WAIT, resp.into_body().collect())
+        .await
+        .unwrap();
+    assert!(rest.is_ok(), "the watch must end cleanly: {rest:?}");
+}
