@@ -72,6 +72,19 @@ impl Router {
         remote: Option<SocketAddr>,
     ) -> Result<Response<Body>, ProxyError> {
         check_host(&req)?;
+        // The asterisk form asks about the server, not a resource: Go's server answers `OPTIONS *` itself
+        // with an empty 200, and the mux any other method with 400. It must never reach the API server.
+        if req.uri() == "*" {
+            if req.method() == http::Method::OPTIONS {
+                let mut resp = Response::new(Body::empty());
+                resp.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                return Ok(resp);
+            }
+            return Err(ProxyError::BadRequest(
+                "the asterisk request target is only for OPTIONS".to_owned(),
+            ));
+        }
         let raw_path = req.uri().path();
         let decoded = percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy();
         let clean = clean_path(&decoded);

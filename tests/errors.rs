@@ -196,6 +196,23 @@ async fn missing_or_repeated_host_is_a_400_status() {
         );
         assert!(msg.contains("Host"), "{msg}");
     }
+    // The asterisk form is about the server itself: `OPTIONS *` gets Go's empty 200, anything else 400.
+    let resp = raw(
+        kp.addr,
+        b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!((resp.status, resp.body.len()), (200, 0), "{resp:?}");
+    let resp = raw(
+        kp.addr,
+        b"GET * HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_status(
+        http::StatusCode::from_u16(resp.status).unwrap(),
+        &resp.body,
+        400,
+    );
     // HTTP/1.0 needs no Host; the filter then sees an empty host and rejects it, as kubectl does.
     let resp = raw(kp.addr, b"GET /api/v1/pods HTTP/1.0\r\n\r\n").await;
     assert_eq!(resp.status, 403);

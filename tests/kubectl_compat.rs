@@ -379,6 +379,15 @@ async fn default_flags_behave_like_kubectl_proxy() {
         400,
     )
     .await;
+    same(
+        p,
+        a,
+        "options-asterisk",
+        "OPTIONS * HTTP/1.1\r\nHost: {host}",
+        200,
+    )
+    .await;
+    same(p, a, "get-asterisk", "GET * HTTP/1.1\r\nHost: {host}", 400).await;
 
     // Default reject-paths.
     same(
