@@ -168,7 +168,8 @@ async fn run_one(
     }
 }
 
-/// Sends the same request through both proxies.
+/// Sends the same request through both proxies. The tags (`NAME/kc`, `NAME/kp`) have the same length,
+/// so the echoed bodies, and their lengths, can be compared.
 async fn both(
     pair: &Pair,
     api: &FakeApi,
@@ -181,7 +182,7 @@ async fn both(
         api,
         pair.kubectl.addr,
         head,
-        &format!("{name}/kubectl"),
+        &format!("{name}/kc"),
         bare,
         body,
     )
@@ -190,7 +191,7 @@ async fn both(
         api,
         pair.kproxy_addr,
         head,
-        &format!("{name}/kproxy"),
+        &format!("{name}/kp"),
         bare,
         body,
     )
@@ -216,6 +217,23 @@ fn assert_same(name: &str, k: &Outcome, p: &Outcome) {
     match (&k.upstream, &p.upstream) {
         (None, None) => {}
         (Some(a), Some(b)) => {
+            // What the client got back: the same headers (but the date) and the same body.
+            let response_headers = |o: &Outcome| {
+                let mut h: Vec<(String, String)> = o
+                    .response
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| n != "date")
+                    .cloned()
+                    .collect();
+                h.sort();
+                h
+            };
+            assert_eq!(
+                response_headers(k),
+                response_headers(p),
+                "{name}: response headers"
+            );
             assert_eq!(a.method, b.method, "{name}: method");
             assert_eq!(a.uri, b.uri, "{name}: path and query");
             assert_eq!(a.version, b.version, "{name}: HTTP version upstream");
@@ -887,7 +905,7 @@ async fn server_paths_and_http_servers_behave_like_kubectl_proxy() {
     )
     .await;
     assert_eq!(
-        api.find("x-case", "append-server-path/kproxy").unwrap().uri,
+        api.find("x-case", "append-server-path/kp").unwrap().uri,
         "/k8s/clusters/c-1/api/v1/pods?limit=1"
     );
     let p = &Pair::start(&[kubeconfig_arg(&kc)]);
@@ -900,9 +918,7 @@ async fn server_paths_and_http_servers_behave_like_kubectl_proxy() {
     )
     .await;
     assert_eq!(
-        api.find("x-case", "server-path-dropped/kproxy")
-            .unwrap()
-            .uri,
+        api.find("x-case", "server-path-dropped/kp").unwrap().uri,
         "/api/v1/pods"
     );
 
