@@ -969,3 +969,70 @@ async fn server_paths_and_http_servers_behave_like_kubectl_proxy() {
     assert!(k.header("authorization").is_empty());
     assert_eq!(k.header("impersonate-group"), ["g1"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_are_documented_deviations() {
+    // Nothing listens on this port.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let down = format!("https://127.0.0.1:{port}");
+    let api = FakeApi::builder().start().await;
+    let p = &Pair::start(&[
+        format!("--server={down}"),
+        "--insecure-skip-tls-verify".to_owned(),
+        // Without any credential kubectl prompts for a username on an https server.
+        "--token=t".to_owned(),
+    ]);
+    let (k, kp) = both(
+        p,
+        &api,
+        "refused",
+        "GET /api/v1/pods HTTP/1.1\r\nHost: {host}",
+        false,
+        "",
+    )
+    .await;
+    assert_eq!(k.status(), 500);
+    assert!(
+        k.response.body_str().contains("connection refused"),
+        "{:?}",
+        k.response
+    );
+    let msg = assert_status(
+        http::StatusCode::from_u16(kp.status()).unwrap(),
+        &kp.response.body,
+        503,
+    );
+    assert!(msg.contains(&down), "{msg}");
+
+    // A server certificate the kubeconfig does not trust.
+    let other = Pki::new();
+    let p = &Pair::start(&[
+        format!("--server={}", api.url),
+        format!("--certificate-authority={}", other.ca_path.display()),
+        "--token=t".to_owned(),
+    ]);
+    let (k, kp) = both(
+        p,
+        &api,
+        "untrusted",
+        "GET /api/v1/pods HTTP/1.1\r\nHost: {host}",
+        false,
+        "",
+    )
+    .await;
+    assert_eq!(k.status(), 500);
+    assert!(
+        k.response.body_str().contains("certificate"),
+        "{:?}",
+        k.response
+    );
+    assert_status(
+        http::StatusCode::from_u16(kp.status()).unwrap(),
+        &kp.response.body,
+        502,
+    );
+    assert_eq!(api.count(), 0);
+}
