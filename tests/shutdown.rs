@@ -276,3 +276,14 @@ async fn any_go_boolean_spelling_of_watch_is_ended_at_shutdown() {
         .unwrap();
     assert!(rest.is_ok(), "the watch must end cleanly: {rest:?}");
 }
+
+/// A script may send SIGTERM the moment it has read the startup line: that must drain, never kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_right_after_the_startup_line_exits_0() {
+    let api = FakeApi::builder().start().await;
+    for sig in ["TERM", "INT", "TERM", "INT", "TERM"] {
+        let kp = spawn(&api, &[]);
+        kp.signal(sig);
+        assert_eq!(kp.wait(WAIT).0, 0, "SIG{sig} right after startup");
+    }
+}
