@@ -878,6 +878,18 @@ async fn static_files_behave_like_kubectl_proxy() {
     .await;
     assert_eq!((k.status(), kp.status()), (404, 301));
     assert_eq!(kp.response.header("location"), Some("/secret"));
+    // Deviation: Go's FileServer answers any method with the file; ServeDir only GET and HEAD.
+    let (k, kp) = both(
+        p,
+        a,
+        "post-file",
+        "POST /ui/app.js HTTP/1.1\r\nHost: {host}",
+        false,
+        "",
+    )
+    .await;
+    assert_eq!((k.status(), kp.status()), (200, 405));
+    assert_eq!(k.response.body_str(), "console.log(1)");
     // Deviation: Go's FileServer redirects .../index.html to ./; ServeDir serves it.
     let (k, kp) = both(
         p,
