@@ -63,8 +63,11 @@ impl Auth {
     /// (so a 401 says something about our credential rather than the client's): the `Authorization` it
     /// added, or an exec plugin's client certificate when the client sent no `Authorization`.
     pub async fn apply(&self, headers: &mut HeaderMap) -> Result<Option<Used>, CredentialError> {
+        // client-go tests `len(req.Header.Get(name)) != 0`: an empty header counts as absent, and then
+        // `Set` replaces it.
+        let present = |h: &HeaderMap, name: &HeaderName| h.get(name).is_some_and(|v| !v.is_empty());
         let mut used = None;
-        if !headers.contains_key(AUTHORIZATION) {
+        if !present(headers, &AUTHORIZATION) {
             if let Some(c) = self.credentials.current().await? {
                 match c.authorization {
                     Some(v) => {
@@ -76,9 +79,15 @@ impl Auth {
                 }
             }
         }
-        if !self.impersonation.is_empty() && !headers.contains_key(&IMPERSONATE_USER) {
+        if !self.impersonation.is_empty() && !present(headers, &IMPERSONATE_USER) {
             for (name, value) in &self.impersonation {
-                headers.append(name.clone(), value.clone());
+                // client-go `Set`s the user and uid (replacing what the client sent) and `Add`s groups
+                // and extras to the client's.
+                if *name == IMPERSONATE_USER || *name == IMPERSONATE_UID {
+                    headers.insert(name.clone(), value.clone());
+                } else {
+                    headers.append(name.clone(), value.clone());
+                }
             }
         }
         Ok(used)

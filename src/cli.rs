@@ -67,7 +67,8 @@ pub struct Cli {
     #[arg(long = "disable-filter", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     pub disable_filter: bool,
 
-    /// keepalive specifies the keep-alive period for an active network connection. Set to 0 to disable keepalive.
+    /// TCP keep-alive period for upgrade connections (exec, attach, port-forward) to the API server. 0 means
+    /// Go's default of 15s, which is what kubectl does despite its help text; a negative value disables it.
     #[arg(long, default_value = "0s", value_parser = parse_go_duration)]
     pub keepalive: GoDuration,
 

@@ -855,23 +855,25 @@ fn finish(
     server: Server,
     tls: TlsSettings,
     mut auth: AuthConfig,
-    mut impersonate: Impersonation,
+    impersonate: Impersonation,
     cluster: &Cluster,
     namespace: Option<String>,
 ) -> Result<ResolvedConfig, ConfigError> {
     let mut tls = tls;
+    // client-go merges the user's credentials only for TLS servers. Impersonation is not a credential:
+    // kubectl v1.32 sends `Impersonate-*` (from the kubeconfig or --as) to http:// servers too, observed
+    // side by side in tests/kubectl_compat.rs.
     if !server.is_https() {
         let had = auth.token.is_some()
             || auth.token_file.is_some()
             || auth.basic.is_some()
             || auth.exec.is_some()
             || auth.auth_provider.is_some()
-            || tls.client_cert.is_some()
-            || impersonate.user.is_some();
+            || tls.client_cert.is_some();
         if had {
             tracing::warn!(
                 server = %server,
-                "credentials and impersonation are only sent to https:// servers, as in kubectl; they are ignored for this server"
+                "credentials are only sent to https:// servers, as in kubectl; they are ignored for this server"
             );
         }
         let user_name = auth.user_name.take();
@@ -879,7 +881,6 @@ fn finish(
             user_name,
             ..AuthConfig::default()
         };
-        impersonate = Impersonation::default();
         tls.client_cert = None;
         tls.client_key = None;
     }

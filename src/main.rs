@@ -51,18 +51,13 @@ fn main() -> ExitCode {
             Ok(l) => l,
             Err(e) => return fail(e),
         };
+        // Before the startup line: a script may signal as soon as it has read it.
+        let shutdown = shutdown_signal();
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "Starting to serve on {}", listener.display_addr());
         let _ = stdout.flush();
         drop(stdout);
-        server::serve(
-            listener,
-            router,
-            lifecycle,
-            shutdown_signal(),
-            config.shutdown_grace,
-        )
-        .await;
+        server::serve(listener, router, lifecycle, shutdown, config.shutdown_grace).await;
         ExitCode::SUCCESS
     })
 }
@@ -126,18 +121,22 @@ fn init_tracing(verbosity: u8) {
         .init();
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGINT and SIGTERM handlers at once and returns a future that completes on the first
+/// signal. The handlers must exist before the startup line is printed: until then either signal would
+/// still kill the process (exit 143/130) instead of draining it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    let mut int = match signal(SignalKind::interrupt()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
     }
 }

@@ -220,21 +220,22 @@ fn only_h2c(value: &HeaderValue) -> bool {
         .all(|t| t.eq_ignore_ascii_case(b"h2c"))
 }
 
+/// Whether a rustls error (a certificate the kubeconfig does not trust, a handshake failure) is the cause.
+/// The connector nests it in `io::Error`s (`Other` around `InvalidData` around the rustls error), and
+/// `io::Error::source` skips the wrapped error, so each `io::Error` is unwrapped through `get_ref`.
 fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if e.downcast_ref::<rustls::Error>().is_some() {
             return true;
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-            {
-                return true;
-            }
-        }
-        cur = e.source();
+        cur = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     false
 }
@@ -290,9 +291,10 @@ pub fn is_long_running(path: &str, query: Option<&str>) -> bool {
     query.is_some_and(|q| {
         q.split('&').any(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            // The API server parses these with Go's `strconv.ParseBool`.
+            // The API server reads these with Go's strconv.ParseBool, so `watch=True` or `follow=t`
+            // start a stream too.
             (k == "watch" || k == "follow")
-                && matches!(v, "true" | "1" | "t" | "T" | "TRUE" | "True")
+                && matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True")
         })
     })
 }
@@ -354,7 +356,10 @@ mod tests {
             "/api/v1/namespaces/d/pods/p/log",
             Some("follow=true")
         ));
+        assert!(is_long_running("/api/v1/pods", Some("watch=True")));
+        assert!(is_long_running("/api/v1/pods", Some("follow=t")));
         assert!(!is_long_running("/api/v1/pods", Some("watch=false")));
+        assert!(!is_long_running("/api/v1/pods", Some("watch=yes")));
         assert!(!is_long_running("/api/v1/pods", None));
     }
 }

@@ -71,11 +71,32 @@ impl Router {
         req: Request<Incoming>,
         remote: Option<SocketAddr>,
     ) -> Result<Response<Body>, ProxyError> {
+        check_host(&req)?;
+        // The asterisk form asks about the server, not a resource: Go's server answers `OPTIONS *` itself
+        // with an empty 200, and the mux any other method with 400. It must never reach the API server.
+        if req.uri() == "*" {
+            if req.method() == http::Method::OPTIONS {
+                let mut resp = Response::new(Body::empty());
+                resp.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                return Ok(resp);
+            }
+            return Err(ProxyError::BadRequest(
+                "the asterisk request target is only for OPTIONS".to_owned(),
+            ));
+        }
         let raw_path = req.uri().path();
         let decoded = percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy();
         let clean = clean_path(&decoded);
         if clean != decoded && req.method() != http::Method::CONNECT {
             return Ok(redirect(&clean, req.uri().query()));
+        }
+
+        // `/custom` for prefix `/custom/` redirects, as ServeMux does for a subtree root named without its
+        // slash, even when a shorter prefix (`/`) would match it.
+        let is_root_of = |prefix: &str| prefix.strip_suffix('/') == Some(&*decoded);
+        if is_root_of(&self.api_prefix) || self.www.as_ref().is_some_and(|(p, _)| is_root_of(p)) {
+            return Ok(redirect(&format!("{decoded}/"), req.uri().query()));
         }
 
         let www_len = self
@@ -93,16 +114,7 @@ impl Router {
                 return Ok(Box::pin(files.serve(&req, &rest)).await);
             }
             (_, true) => {}
-            _ => {
-                // `/custom` for prefix `/custom/` redirects, as ServeMux does for subtree patterns.
-                let with_slash = format!("{decoded}/");
-                let is_prefix = with_slash == self.api_prefix
-                    || self.www.as_ref().is_some_and(|(p, _)| *p == with_slash);
-                if is_prefix {
-                    return Ok(redirect(&with_slash, req.uri().query()));
-                }
-                return Err(ProxyError::NotFound(decoded.into_owned()));
-            }
+            _ => return Err(ProxyError::NotFound(decoded.into_owned())),
         }
 
         let (forward_path, filter_path) = if self.strip_api_prefix {
@@ -138,6 +150,20 @@ impl Router {
         self.proxy
             .forward(req, &forward_path, remote.map(|a| a.ip()))
             .await
+    }
+}
+
+/// Rejects what Go's server (and so kubectl proxy) rejects before routing: an HTTP/1.1 request without a
+/// `Host` header, even in absolute form, and a request with more than one (RFC 9112 §3.2 requires a 400 for
+/// both). hyper accepts them, and the filter would then read the first `Host` or none.
+fn check_host<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => Err(ProxyError::BadRequest("too many Host headers".to_owned())),
+        (None, None) if req.version() >= http::Version::HTTP_11 => Err(ProxyError::BadRequest(
+            "missing required Host header".to_owned(),
+        )),
+        _ => Ok(()),
     }
 }
 

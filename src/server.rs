@@ -172,6 +172,10 @@ pub async fn serve(
 ) {
     let connections = TaskTracker::new();
     let drain = CancellationToken::new();
+    // Fired when the grace period runs out: connections still open are dropped then, so that `serve`
+    // returning means no request is still being served (which matters when kproxy is embedded and the
+    // runtime outlives `serve`).
+    let force = CancellationToken::new();
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut backoff = Duration::from_millis(5);
     tokio::pin!(shutdown);
@@ -189,8 +193,9 @@ pub async fn serve(
                 backoff = Duration::from_millis(5);
                 let router = router.clone();
                 let drain = drain.clone();
+                let force = force.clone();
                 connections.spawn(async move {
-                    serve_connection(io, remote, router, drain).await;
+                    serve_connection(io, remote, router, drain, force).await;
                     drop(permit);
                 });
             }
@@ -217,6 +222,8 @@ pub async fn serve(
             "shutdown grace period of {grace:?} ended with {} connection(s) still open; closing them",
             connections.len()
         );
+        force.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
     }
 }
 
@@ -244,10 +251,11 @@ async fn serve_connection(
     remote: Option<SocketAddr>,
     router: Arc<Router>,
     drain: CancellationToken,
+    force: CancellationToken,
 ) {
     match io {
-        Io::Tcp(s) => serve_io(s, remote, router, drain).await,
-        Io::Unix(s) => serve_io(s, remote, router, drain).await,
+        Io::Tcp(s) => serve_io(s, remote, router, drain, force).await,
+        Io::Unix(s) => serve_io(s, remote, router, drain, force).await,
     }
 }
 
@@ -256,6 +264,7 @@ async fn serve_io<S>(
     remote: Option<SocketAddr>,
     router: Arc<Router>,
     drain: CancellationToken,
+    force: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -275,7 +284,10 @@ async fn serve_io<S>(
         r = conn.as_mut() => r,
         _ = drain.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            conn.await
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = force.cancelled() => return,
+            }
         }
     };
     if let Err(e) = result {

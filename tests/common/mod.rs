@@ -130,6 +130,13 @@ impl Pki {
         self.issue(name, params)
     }
 
+    /// A serving certificate for exactly `names`.
+    pub fn server_named(&self, name: &str, names: &[String]) -> Issued {
+        let mut params = CertificateParams::new(names.to_vec()).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(name, params)
+    }
+
     /// A client certificate for user `cn` in groups `orgs`.
     pub fn client(&self, name: &str, cn: &str, orgs: &[&str]) -> Issued {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -188,6 +195,8 @@ pub struct FakeApiBuilder {
     h2: bool,
     routes: Vec<(String, Handler)>,
     pki: Option<Arc<Pki>>,
+    server_names: Vec<String>,
+    example_certs: bool,
 }
 
 /// A running fake API server.
@@ -198,6 +207,8 @@ pub struct FakeApi {
     pub pki: Arc<Pki>,
     /// The serving certificate, for tests that need it.
     pub server_cert: Arc<Issued>,
+    /// The CA that signed the serving certificate and that client certificates must chain to.
+    pub ca_path: PathBuf,
     recorded: Arc<Mutex<Vec<Recorded>>>,
     /// Events pushed here are written to every open watch (one chunk each).
     pub watch_tx: broadcast::Sender<Bytes>,
@@ -217,6 +228,8 @@ impl FakeApi {
             h2: true,
             routes: Vec::new(),
             pki: None,
+            server_names: Vec::new(),
+            example_certs: false,
         }
     }
 
@@ -262,6 +275,18 @@ impl FakeApiBuilder {
         self.pki = Some(pki);
         self
     }
+    /// Gives the serving certificate exactly these names, instead of localhost, 127.0.0.1 and ::1 (so a
+    /// kubeconfig must use `tls-server-name` to verify it).
+    pub fn server_names(mut self, names: &[&str]) -> Self {
+        self.server_names = names.iter().map(|n| n.to_string()).collect();
+        self
+    }
+    /// Serves with `certs-example/server.{crt,key}` and accepts client certificates signed by
+    /// `certs-example/ca.crt`, so `certs-example/kubeconfig.yaml` works against this server.
+    pub fn example_certs(mut self) -> Self {
+        self.example_certs = true;
+        self
+    }
     /// Requests whose path starts with `prefix` go to `handler` (first match wins; built-ins last).
     pub fn route<F, Fut>(mut self, prefix: &str, handler: F) -> Self
     where
@@ -275,7 +300,30 @@ impl FakeApiBuilder {
 
     pub async fn start(self) -> FakeApi {
         let pki = self.pki.unwrap_or_else(|| Arc::new(Pki::new()));
-        let server_cert = Arc::new(pki.server("apiserver", &[]));
+        let (server_cert, ca_path) = if self.example_certs {
+            let dir = example_dir();
+            let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap();
+            let cert_pem = read("server.crt");
+            let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+                .unwrap()
+                .to_vec();
+            let issued = Issued {
+                cert_pem,
+                key_pem: read("server.key"),
+                cert_path: dir.join("server.crt"),
+                key_path: dir.join("server.key"),
+                der,
+            };
+            (Arc::new(issued), dir.join("ca.crt"))
+        } else {
+            let issued = if self.server_names.is_empty() {
+                pki.server("apiserver", &[])
+            } else {
+                pki.server_named("apiserver", &self.server_names)
+            };
+            (Arc::new(issued), pki.ca_path.clone())
+        };
+        let ca_pem = std::fs::read_to_string(&ca_path).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let scheme = if self.tls { "https" } else { "http" };
@@ -285,10 +333,7 @@ impl FakeApiBuilder {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let mut roots = rustls::RootCertStore::empty();
             roots
-                .add(
-                    rustls_pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes())
-                        .unwrap(),
-                )
+                .add(rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
                 .unwrap();
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
@@ -366,6 +411,7 @@ impl FakeApiBuilder {
             url,
             pki,
             server_cert,
+            ca_path,
             recorded,
             watch_tx,
             watch_closed: tokio::sync::Mutex::new(closed_rx),
@@ -534,14 +580,20 @@ fn watch_response(state: &State, uri: String) -> Response<BoxBody> {
 fn bytes_response(n: u64) -> Response<BoxBody> {
     let stream = async_stream(
         move |tx: mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>| async move {
-            let chunk = Bytes::from(pattern(64 * 1024));
-            let mut left = n;
-            while left > 0 {
-                let take = left.min(chunk.len() as u64) as usize;
-                if tx.send(Ok(Frame::data(chunk.slice(..take)))).await.is_err() {
+            // 64 KiB is not a multiple of 251: each chunk starts where the pattern left off.
+            let chunk = Bytes::from(pattern(64 * 1024 + 251));
+            let mut pos = 0u64;
+            while pos < n {
+                let take = (n - pos).min(64 * 1024) as usize;
+                let off = (pos % 251) as usize;
+                if tx
+                    .send(Ok(Frame::data(chunk.slice(off..off + take))))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
-                left -= take as u64;
+                pos += take as u64;
             }
         },
     );
@@ -613,7 +665,7 @@ pub fn kubeconfig_for(api: &FakeApi, name: &str, user: &str) -> PathBuf {
         api.pki.dir.path(),
         name,
         &api.url,
-        &format!("certificate-authority: {}", api.pki.ca_path.display()),
+        &format!("certificate-authority: {}", api.ca_path.display()),
         user,
     )
 }
@@ -708,6 +760,11 @@ impl Kproxy {
 
 /// An HTTP/1.1 client (no pooling surprises: a fresh connection per request).
 pub async fn send(req: Request<BoxBody>) -> Response<Incoming> {
+    send_within(req, WAIT).await
+}
+
+/// [`send`], waiting up to `within` for the response head.
+pub async fn send_within(req: Request<BoxBody>, within: Duration) -> Response<Incoming> {
     let uri = req.uri().clone();
     let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap());
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -727,10 +784,13 @@ pub async fn send(req: Request<BoxBody>) -> Response<Incoming> {
         );
     }
     parts.uri = uri.path_and_query().unwrap().as_str().parse().unwrap();
-    tokio::time::timeout(WAIT, sender.send_request(Request::from_parts(parts, body)))
-        .await
-        .expect("request timed out")
-        .unwrap()
+    tokio::time::timeout(
+        within,
+        sender.send_request(Request::from_parts(parts, body)),
+    )
+    .await
+    .expect("request timed out")
+    .unwrap()
 }
 
 /// GET `url` with Host `localhost` and return status, headers and the whole body.
@@ -897,5 +957,179 @@ impl Drop for KproxyProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Helpers shared by the integration tests
+
+/// `certs-example/` in this repository.
+pub fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-example")
+}
+
+impl FakeApi {
+    /// The request that carried header `name: value` (tests tag requests to find them).
+    pub fn find(&self, name: &str, value: &str) -> Option<Recorded> {
+        self.recorded()
+            .into_iter()
+            .find(|r| r.header(name) == Some(value))
+    }
+
+    /// How many requests the fake has received.
+    pub fn count(&self) -> usize {
+        self.recorded.lock().unwrap().len()
+    }
+}
+
+/// Sends `method url` with `headers` and `body` on a fresh HTTP/1.1 connection (Host `localhost:PORT`
+/// unless given) and returns the status, headers and whole body.
+pub async fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    collect(send(req.body(full(body)).unwrap()).await).await
+}
+
+/// A response read off the wire by [`raw`].
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    /// The status line, e.g. `HTTP/1.1 200 OK`.
+    pub status_line: String,
+    pub status: u16,
+    /// Header names lowercased, in wire order.
+    pub headers: Vec<(String, String)>,
+    /// The body with chunked framing removed.
+    pub body: Vec<u8>,
+    /// Whether the body was chunked and ended with the terminating chunk.
+    pub chunked_complete: bool,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn body_str(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Writes `request` bytes as they are to `addr`, reads until the server closes (bounded by [`WAIT`]),
+/// and parses the first response. Requests should say `Connection: close` (or be HTTP/1.0).
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("the server did not close the connection")
+        .unwrap();
+    parse_response(&out)
+}
+
+/// Parses one HTTP/1.x response (and only the first of several, e.g. after `100 Continue` use
+/// [`parse_response`] on the rest).
+pub fn parse_response(bytes: &[u8]) -> RawResponse {
+    let text_end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(bytes)));
+    let head = String::from_utf8_lossy(&bytes[..text_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap().to_owned();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let rest = &bytes[text_end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let (body, chunked_complete) = if chunked {
+        dechunk(rest)
+    } else {
+        (rest.to_vec(), false)
+    };
+    RawResponse {
+        status_line,
+        status,
+        headers,
+        body,
+        chunked_complete,
+    }
+}
+
+/// Removes chunked framing; returns the data and whether the zero-size last chunk was seen.
+pub fn dechunk(mut rest: &[u8]) -> (Vec<u8>, bool) {
+    let mut body = Vec::new();
+    loop {
+        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return (body, false);
+        };
+        let size_line = String::from_utf8_lossy(&rest[..eol]);
+        let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
+            .unwrap_or_else(|_| panic!("bad chunk size line {size_line:?}"));
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return (body, true);
+        }
+        if rest.len() < size + 2 {
+            body.extend_from_slice(&rest[..rest.len().min(size)]);
+            return (body, false);
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+/// Peak resident set size (`VmHWM`) of a process, in KiB.
+pub fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("no VmHWM in /proc/PID/status")
+}
+
+/// Checks `data`, found at offset `pos` of a stream, against [`pattern`] without allocating per call.
+pub fn matches_pattern(pos: u64, data: &[u8]) -> bool {
+    static BUF: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    const SPAN: usize = 1 << 20;
+    let buf = BUF.get_or_init(|| pattern(SPAN + 251));
+    let mut pos = pos;
+    data.chunks(SPAN).all(|piece| {
+        let start = (pos % 251) as usize;
+        pos += piece.len() as u64;
+        piece == &buf[start..start + piece.len()]
+    })
+}
+
+impl KproxyProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reads the rest of stdout after the startup line (until the process closes it).
+    pub fn rest_of_stdout(&mut self) -> String {
+        use std::io::Read;
+        let mut s = String::new();
+        let _ = self.stdout.read_to_string(&mut s);
+        s
     }
 }
