@@ -493,6 +493,20 @@ fn as_and_as_group_are_allowed_or_denied_as_rbac_says() {
         .same(&ctx, "/api/v1/namespaces/default/configmaps", &[])
         .expect_status(403, "Forbidden");
     assert!(message.contains(r#"User "alice" cannot list"#), "{message}");
+    // client-go's precedence: a client's own Impersonate-User replaces --as and --as-group entirely;
+    // a client's Impersonate-Group alone gets the configured user, and the configured groups added.
+    let mut args = whoami.clone();
+    args.extend(["-H", "Impersonate-User: carol"]);
+    let me = user_of(&p.same(&ctx, WHOAMI, &args).expect(201));
+    assert_eq!(me, ("carol".into(), vec![authenticated.clone()]));
+    let mut args = whoami.clone();
+    args.extend(["-H", "Impersonate-Group: ops"]);
+    let me = user_of(&p.same(&ctx, WHOAMI, &args).expect(201));
+    assert_eq!(me.0, "alice");
+    assert!(
+        me.1.contains(&"ops".to_owned()) && me.1.contains(&"dev".to_owned()),
+        "{me:?}"
+    );
     drop(p);
 
     // alice may become carol, with or without the group dev.
@@ -630,6 +644,14 @@ fn client_certificate_token_and_exec_plugin_users() {
         let cms = p.same(&ctx, "/api/v1/namespaces/team-a/configmaps", &[]);
         assert_eq!(cms.status, 200, "{what}: {cms:?}");
     }
+    // A client's own Authorization is forwarded untouched, in place of the kubeconfig's token.
+    let p = Pair::start(&ctx, &ctx.server.kubeconfig("token"), &[]);
+    let mut args = whoami_args();
+    args.extend(["-H", "Authorization: Bearer bob-token"]);
+    let me = user_of(&p.same(&ctx, WHOAMI, &args).expect(201));
+    assert_eq!(me.0, "bob");
+    drop(p);
+
     // kproxy ran each plugin once and kept its token (no expiry given) for all later requests.
     for runs in [admin_runs, alice_runs] {
         let text = std::fs::read_to_string(&runs).unwrap();
