@@ -234,7 +234,7 @@ fn curl_watch_receives_added_modified_and_deleted() {
         .to_owned();
 
     // Watching from the list's resourceVersion sees every later change whenever the watch connects.
-    let mut cmd = std::process::Command::new("curl");
+    let mut cmd = ctx.curl_cmd();
     cmd.args(["-sS", "-N", "--max-time", "120"])
         .arg(format!("{url}{base}?watch=true&resourceVersion={rv}"));
     let mut watch = Proc::spawn(&ctx, "curl-watch", cmd);
@@ -374,7 +374,7 @@ fn python_client_lists_and_watches_through_kproxy() {
     let mut cmd = std::process::Command::new(python);
     cmd.env_clear()
         .env("HOME", &ctx.home)
-        .env("PATH", "/usr/bin:/bin")
+        .env("PATH", path_env())
         .arg(script)
         .arg(&url)
         .arg(&ctx.ns);
@@ -1026,7 +1026,7 @@ fn watches_deliver_the_same_events_as_kubectl_proxy() {
         .unwrap()
         .to_owned();
     let watch = |base: &str, name: &str| {
-        let mut cmd = std::process::Command::new("curl");
+        let mut cmd = ctx.curl_cmd();
         cmd.args(["-sS", "-N", "--max-time", "120"]).arg(format!(
             "{base}{cms}?watch=true&resourceVersion={rv}&allowWatchBookmarks=false"
         ));

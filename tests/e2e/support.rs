@@ -32,6 +32,11 @@ pub fn required_env(name: &str) -> String {
     }
 }
 
+/// The caller's `PATH`, for the clients started with an otherwise cleared environment.
+pub fn path_env() -> std::ffi::OsString {
+    std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into())
+}
+
 pub fn kubectl_bin() -> String {
     let bin = required_env("KPROXY_E2E_KUBECTL");
     assert!(
@@ -237,7 +242,7 @@ impl Ctx {
         let mut cmd = Command::new(kubectl_bin());
         cmd.env_clear()
             .env("HOME", &self.home)
-            .env("PATH", "/usr/bin:/bin")
+            .env("PATH", path_env())
             .arg(format!(
                 "--cache-dir={}",
                 self.home.join("kube-cache").display()
@@ -287,15 +292,22 @@ impl Ctx {
         self.curl(&format!("{}{path}", self.server.url), &args)
     }
 
+    /// curl with a clean environment (no `*_proxy` variables, no `~/.curlrc`).
+    pub fn curl_cmd(&self) -> Command {
+        let mut cmd = Command::new("curl");
+        cmd.env_clear()
+            .env("HOME", &self.home)
+            .env("PATH", path_env())
+            .arg("-q");
+        cmd
+    }
+
     /// One request with curl: `args` come before the URL. Bounded by `--max-time`.
     pub fn curl(&self, url: &str, args: &[&str]) -> Resp {
         let headers = self.file("headers");
         let body = self.file("body");
-        let mut cmd = Command::new("curl");
-        cmd.env_clear()
-            .env("HOME", &self.home)
-            .env("PATH", "/usr/bin:/bin")
-            .args(["-sS", "--max-time", "60", "-o"])
+        let mut cmd = self.curl_cmd();
+        cmd.args(["-sS", "--max-time", "60", "-o"])
             .arg(&body)
             .arg("-D")
             .arg(&headers)
@@ -596,7 +608,7 @@ pub fn kproxy(ctx: &Ctx, args: &[&str], env: &[(&str, &str)]) -> (Proc, String) 
     let mut cmd = Command::new(kproxy_bin());
     cmd.env_clear()
         .env("HOME", &ctx.home)
-        .env("PATH", "/usr/bin:/bin")
+        .env("PATH", path_env())
         .envs(env.iter().copied())
         .args(["--port=0", "-v=4"])
         .args(args);
