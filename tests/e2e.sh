@@ -45,14 +45,19 @@ fi
 # 3. kproxy and the suite. Every process the suite starts is killed by the tests themselves; the API
 #    server exits when the test process does (its stdin closes). The work directory holds the server's
 #    files and every process's stderr: removed on success, kept for inspection on failure.
+#    The suite runs in its own process group (setsid), which is signalled when this script exits: that
+#    also ends what the tests started if the test process itself is killed (a CI timeout, kill -9).
 work=$(mktemp -d "${TMPDIR:-/tmp}/kproxy-e2e.XXXXXX")
+command -v setsid >/dev/null || die "setsid not found (util-linux)"
+export KPROXY_E2E_APISERVER=$apiserver KPROXY_E2E_KUBECTL=$kubectl KPROXY_E2E_PYTHON=$venv/bin/python \
+  KPROXY_E2E_WORKDIR=$work
+setsid cargo test --locked --test e2e_real_apiserver -- --ignored \
+  --test-threads="${KPROXY_E2E_THREADS:-2}" "$@" &
+suite=$!
+trap 'kill -TERM -- "-$suite" 2>/dev/null || true' EXIT
+trap 'echo "e2e.sh: interrupted; files kept in $work" >&2; exit 130' INT TERM
 status=0
-KPROXY_E2E_APISERVER=$apiserver \
-KPROXY_E2E_KUBECTL=$kubectl \
-KPROXY_E2E_PYTHON=$venv/bin/python \
-KPROXY_E2E_WORKDIR=$work \
-  cargo test --locked --test e2e_real_apiserver -- --ignored \
-    --test-threads="${KPROXY_E2E_THREADS:-2}" "$@" || status=$?
+wait "$suite" || status=$?
 if [ "$status" -eq 0 ]; then
   rm -rf "$work"
   echo "e2e.sh: passed in $(( $(date +%s) - start ))s" >&2
