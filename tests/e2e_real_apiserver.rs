@@ -940,6 +940,7 @@ fn writes_answer_the_same_as_kubectl_proxy() {
     let apply = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cmp\ndata:\n  c: \"3\"\n";
     let big = config_map("big", json!({"blob": "x".repeat(512 * 1024)}));
     let big_file = ctx.write("big.json", &big);
+    let huge = config_map("huge", json!({"blob": "x".repeat(4 << 20)}));
     // The same scenario through each proxy in turn, each ending where it started (no object).
     let scenario = |base: &str| -> Vec<Resp> {
         let r = |method: &str, path: &str, ct: &str, body: &str| {
@@ -997,6 +998,8 @@ fn writes_answer_the_same_as_kubectl_proxy() {
             ),
             r("GET", &format!("{cms}/big"), "", ""),
             r("DELETE", &format!("{cms}/big"), "", ""),
+            // Over the API server's 3 MiB limit: it answers 413 while the body is still arriving.
+            r("POST", &cms, "application/json", &huge),
         ]
     };
     let theirs = scenario(&p.kc);
@@ -1006,7 +1009,7 @@ fn writes_answer_the_same_as_kubectl_proxy() {
         statuses,
         [
             201, 409, 200, 200, 200, 422, 400, 409, 200, 200, 200, 404, 404, 201, 200, 201, 200,
-            200
+            200, 413
         ]
     );
     for (o, t) in ours.iter().zip(&theirs) {
