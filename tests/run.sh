@@ -11,3 +11,5 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked --all-targets
+# The end-to-end suite against a genuine kube-apiserver (builds or reuses it; see docs/e2e.md).
+bash tests/e2e.sh
