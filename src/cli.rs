@@ -177,6 +177,21 @@ pub struct Cli {
     /// Default: $KPROXY_INCLUSTER_DIR, else /var/run/secrets/kubernetes.io/serviceaccount.
     #[arg(long = "incluster-dir")]
     pub incluster_dir: Option<PathBuf>,
+
+    // ---- kproxy operations (docs/operations.md) ----
+    /// kproxy: serve /healthz, /readyz and /metrics (Prometheus) on this HOST:PORT, e.g. 127.0.0.1:9101.
+    /// Off by default. It proxies nothing, so in a pod it may listen on 0.0.0.0 for kubelet's probes.
+    #[arg(long = "admin-address")]
+    pub admin_address: Option<String>,
+
+    /// kproxy: write one line per request to stderr: off, text or json. Never includes header values.
+    #[arg(long = "access-log", value_enum, default_value = "off", num_args = 0..=1, require_equals = true, default_missing_value = "text")]
+    pub access_log: crate::access_log::Format,
+
+    /// kproxy: how often to check the kubeconfig (or in-cluster) files for changes and reload them; 0
+    /// checks only on SIGHUP.
+    #[arg(long = "config-poll-interval", default_value = "2s", value_parser = parse_go_duration)]
+    pub config_poll_interval: GoDuration,
 }
 
 /// A Go `time.Duration` flag value, which may be negative (`--keepalive=-1s` disables keep-alive).

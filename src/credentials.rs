@@ -163,7 +163,10 @@ impl TokenFile {
             state.due = now + TOKEN_FILE_PERIOD;
             // A token file is a few hundred bytes on a local (usually tmpfs) mount: reading it inline once
             // a period is cheaper than a hop to the blocking pool on every request.
-            match read_token(&self.path) {
+            let read = read_token(&self.path);
+            // ops hook (observe): refresh counters, and /readyz fails while re-reading fails.
+            crate::observe::credential_refreshed(read.is_ok());
+            match read {
                 Ok(v) => state.value = Some(v),
                 Err(e) => tracing::warn!(error = %e, "keeping the last token read"),
             }

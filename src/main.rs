@@ -8,7 +8,7 @@ use clap::Parser;
 use kproxy::cli::Cli;
 use kproxy::config::{self, Config, Lifecycle, EXIT_USAGE};
 use kproxy::env::ProcessEnv;
-use kproxy::server::{self, Listener};
+use kproxy::server::Listener;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -22,7 +22,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    init_tracing(cli.verbosity);
+    kproxy::logging::init(cli.verbosity);
 
     let runtime = match runtime() {
         Ok(rt) => rt,
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
             Ok(c) => c,
             Err(e) => return fail(e),
         };
-        let lifecycle = Lifecycle::default();
+        let lifecycle = Lifecycle::new(&config);
         let router = match config::build_router(&config, &lifecycle) {
             Ok(r) => r,
             Err(e) => return fail(e),
@@ -45,18 +45,18 @@ fn main() -> ExitCode {
             Ok(l) => l,
             Err(e) => return fail(e),
         };
+        // The admin listener and the signal handlers, before the startup line: once a script has read
+        // it, SIGHUP and SIGTERM must already be handled.
+        let ops = match kproxy::Ops::prepare(&config).await {
+            Ok(o) => o,
+            Err(e) => return fail(e),
+        };
+        let shutdown = shutdown_signal();
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "Starting to serve on {}", listener.display_addr());
         let _ = stdout.flush();
         drop(stdout);
-        server::serve(
-            listener,
-            router,
-            lifecycle,
-            shutdown_signal(),
-            config.shutdown_grace,
-        )
-        .await;
+        kproxy::serve(config, listener, ops, router, lifecycle, shutdown).await;
         ExitCode::SUCCESS
     })
 }
@@ -85,36 +85,19 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
-/// kubectl's `-v` levels mapped onto tracing levels: 0–1 warnings, 2–3 info (filter rejections),
-/// 4–5 debug (filter decisions, connection errors), 6+ trace. `RUST_LOG` wins when set.
-fn init_tracing(verbosity: u8) {
-    let level = match verbosity {
-        0..=1 => "warn",
-        2..=3 => "info",
-        4..=5 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("kproxy={level},warn")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-}
-
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT. The handlers are registered when this is called (not when first polled), so no
+/// signal between the startup line and serving falls through to the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    let mut int = match signal(SignalKind::interrupt()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let (Ok(mut term), Ok(mut int)) = (term, int) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }

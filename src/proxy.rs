@@ -78,9 +78,17 @@ impl Proxy {
         if !headers.contains_key(header::USER_AGENT) {
             headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
         }
-        let ours = self.auth.apply(headers).await?;
+        // ops hook (observe): a request that cannot get a credential makes /readyz fail.
+        let ours = self
+            .auth
+            .apply(headers)
+            .await
+            .inspect_err(|_| crate::observe::credential_failed())?;
         if let Some(upgrade) = upgrade {
-            return self.upgrader.tunnel(req, uri, upgrade, &self.server).await;
+            let answer = self.upgrader.tunnel(req, uri, upgrade, &self.server).await;
+            // ops hook (observe): upgrades always speak HTTP/1.1 upstream.
+            crate::observe::upstream_answered(answer.is_ok().then_some(http::Version::HTTP_11));
+            return answer;
         }
         let long_running = is_long_running(path, uri.query());
         let (mut parts, body) = req.into_parts();
@@ -88,11 +96,10 @@ impl Proxy {
         // The pooled client picks HTTP/1.1 or HTTP/2 per connection; the client's version is irrelevant.
         parts.version = http::Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, Body::upstream(body));
-        let resp = self
-            .client
-            .request(upstream_req)
-            .await
-            .map_err(|e| self.classify(e))?;
+        let resp = self.client.request(upstream_req).await;
+        // ops hook (observe): readiness, metrics and the access log's protocol field.
+        crate::observe::upstream_answered(resp.as_ref().ok().map(|r| r.version()));
+        let resp = resp.map_err(|e| self.classify(e))?;
         if resp.status() == StatusCode::UNAUTHORIZED && ours {
             self.auth.credentials.unauthorized();
         }
@@ -136,6 +143,38 @@ impl Proxy {
         } else {
             ProxyError::BadGateway { upstream, cause }
         }
+    }
+}
+
+impl Proxy {
+    /// ops: the admin listener's readiness probe, an authenticated `GET /version` (public on every API
+    /// server, and cheap). Returns the status of any answer; the body is read and dropped.
+    pub async fn probe(&self) -> Result<StatusCode, ProxyError> {
+        use http_body_util::BodyExt as _;
+        let uri = self.upstream_uri("/version", None)?;
+        let mut req = Request::get(uri)
+            .body(Body::empty())
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        let headers = req.headers_mut();
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        let ours = self
+            .auth
+            .apply(headers)
+            .await
+            .inspect_err(|_| crate::observe::credential_failed())?;
+        let resp = self.client.request(req).await;
+        crate::observe::upstream_answered(resp.as_ref().ok().map(|r| r.version()));
+        let resp = resp.map_err(|e| self.classify(e))?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED && ours {
+            self.auth.credentials.unauthorized();
+        }
+        // Reading the (small) body to its end lets an HTTP/1.1 connection go back to the pool.
+        let _ = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+            .collect()
+            .await;
+        Ok(status)
     }
 }
 

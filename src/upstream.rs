@@ -1,6 +1,7 @@
 //! The pooled HTTP client that carries requests to the API server: rustls, HTTP/2 negotiated by ALPN,
 //! keep-alive connections reused across requests.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
@@ -9,10 +10,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::Body;
+use crate::metrics::{CountConnections, UpstreamStats};
 use crate::tls::TlsMaterial;
 
-/// The client type used for upstream requests.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
+/// The client type used for upstream requests. Its connector counts connections for the metrics.
+pub type UpstreamClient = Client<CountConnections<HttpsConnector<HttpConnector>>, Body>;
 
 /// client-go's dial timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,8 +40,9 @@ pub fn http_connector(keepalive: Option<Duration>) -> HttpConnector {
     http
 }
 
-/// Builds the pooled client. `http2` is false when `DISABLE_HTTP2` is set, as in client-go.
-pub fn client(tls: &TlsMaterial, http2: bool) -> UpstreamClient {
+/// Builds the pooled client. `http2` is false when `DISABLE_HTTP2` is set, as in client-go. Its
+/// connections are counted in `stats`.
+pub fn client(tls: &TlsMaterial, http2: bool, stats: Arc<UpstreamStats>) -> UpstreamClient {
     let builder = HttpsConnectorBuilder::new()
         .with_tls_config((*tls.config).clone())
         .https_or_http();
@@ -66,5 +69,5 @@ pub fn client(tls: &TlsMaterial, http2: bool) -> UpstreamClient {
         .http2_keep_alive_while_idle(false)
         // Large LISTs and downloads need more than HTTP/2's 64 KiB default window to run at line rate.
         .http2_adaptive_window(true)
-        .build(https)
+        .build(CountConnections::new(https, stats))
 }
