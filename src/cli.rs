@@ -18,7 +18,10 @@ pub const DEFAULT_PORT: u16 = 8001;
     version,
     about = "Creates a proxy server or application-level gateway between localhost and the Kubernetes API server.\n\
              A drop-in replacement for `kubectl proxy`.",
-    override_usage = "kproxy [--port=PORT] [--www=static-dir] [--www-prefix=prefix] [--api-prefix=prefix] [options]"
+    override_usage = "kproxy [--port=PORT] [--www=static-dir] [--www-prefix=prefix] [--api-prefix=prefix] [options]",
+    // A flag given twice: the last one wins, as with kubectl's pflag (and so a container's `args` can
+    // override flags its entrypoint sets).
+    args_override_self = true
 )]
 pub struct Cli {
     /// The port on which to run the proxy. Set to 0 to pick a random port.
@@ -302,5 +305,23 @@ mod tests {
         assert_eq!(cli.verbosity, 6);
         let cli = Cli::try_parse_from(["kproxy", "--disable-filter=false"]).unwrap();
         assert!(!cli.disable_filter);
+    }
+
+    #[test]
+    fn the_last_of_a_repeated_flag_wins() {
+        let cli = Cli::try_parse_from([
+            "kproxy",
+            "--address=127.0.0.1",
+            "--address=0.0.0.0",
+            "-p",
+            "1",
+            "--port=2",
+            "--as-group=a",
+            "--as-group=b",
+        ])
+        .unwrap();
+        assert_eq!(cli.address, "0.0.0.0");
+        assert_eq!(cli.port, 2);
+        assert_eq!(cli.as_group, ["a", "b"], "repeatable flags still collect");
     }
 }
