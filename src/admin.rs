@@ -73,9 +73,11 @@ impl Health {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
-    /// The API server answered a request.
-    pub fn upstream_answered(&self) {
-        self.last_answer.store(self.now(), Relaxed);
+    /// The API server answered a request. Returns the time stored (ms since the epoch, plus one).
+    pub fn upstream_answered(&self) -> u64 {
+        let now = self.now();
+        self.last_answer.store(now, Relaxed);
+        now
     }
 
     /// A credential refresh succeeded.

@@ -198,8 +198,9 @@ pub struct Metrics {
     pub(crate) reload_failures: AtomicU64,
     /// Unix time of the last successful reload (0: none yet).
     pub(crate) last_reload_unix: AtomicU64,
-    /// Unix time (ms) of the last answer from an API server, any status (0: none yet).
-    pub(crate) last_upstream_answer_unix_ms: AtomicU64,
+    /// Milliseconds after `started` (plus one) of the last answer from an API server, any status (0:
+    /// none yet). Relative, so the hot path reuses readiness's monotonic clock reading.
+    pub(crate) last_upstream_answer_ms: AtomicU64,
     /// Upgrade tunnels (exec, attach, port-forward) still open.
     tunnels: TaskTracker,
     /// When this instance started.
@@ -220,7 +221,7 @@ impl Metrics {
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             last_reload_unix: AtomicU64::new(0),
-            last_upstream_answer_unix_ms: AtomicU64::new(0),
+            last_upstream_answer_ms: AtomicU64::new(0),
             tunnels,
             started: SystemTime::now(),
         }
@@ -467,7 +468,10 @@ impl Collector for Metrics {
             &mut enc,
             "kproxy_upstream_last_answer_timestamp_seconds",
             "Unix time of the last answer from the API server, any status (0: none since start)",
-            self.last_upstream_answer_unix_ms.load(Relaxed) as f64 / 1e3,
+            match self.last_upstream_answer_ms.load(Relaxed) {
+                0 => 0.0,
+                ms => unix_secs(self.started) + (ms - 1) as f64 / 1e3,
+            },
         )?;
         gauge(
             &mut enc,

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, Uri, Version};
@@ -43,10 +43,11 @@ impl Telemetry {
     /// Telemetry whose metrics read open tunnels from `tunnels`. Requests are observed only when
     /// `enabled`.
     pub fn new(enabled: bool, access_log: Format, tunnels: tokio_util::task::TaskTracker) -> Self {
+        // Created together: the metrics' start time is the readiness clock's epoch.
         Self {
             enabled: enabled || access_log != Format::Off,
-            metrics: Arc::new(Metrics::new(tunnels)),
             health: Health::default(),
+            metrics: Arc::new(Metrics::new(tunnels)),
             access_log,
         }
     }
@@ -55,11 +56,8 @@ impl Telemetry {
     pub(crate) fn apply(&self, seen: &Seen) {
         let m = &self.metrics;
         if seen.answered() {
-            self.health.upstream_answered();
-            let now_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            m.last_upstream_answer_unix_ms.store(now_ms, Relaxed);
+            let at = self.health.upstream_answered();
+            m.last_upstream_answer_ms.store(at, Relaxed);
         }
         if seen.refreshes > 0 {
             m.credential_refreshes

@@ -329,6 +329,12 @@ async fn admin_serves_health_and_counts_requests_by_method_code_and_upstream() {
         )),
         1.0
     );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let last = series("kproxy_upstream_last_answer_timestamp_seconds");
+    assert!((now - last).abs() < 60.0, "last answer {last}, now {now}");
     assert_eq!(series("kproxy_requests_in_flight"), 0.0);
     assert_eq!(series("kproxy_open_upgrades"), 0.0);
     assert!(series("process_resident_memory_bytes") > 0.0);
@@ -336,6 +342,31 @@ async fn admin_serves_health_and_counts_requests_by_method_code_and_upstream() {
     // The text format never carries credentials.
     assert!(!m.contains("s3cret"));
     kp.stop().await;
+}
+
+#[test]
+fn admin_address_errors_exit_like_the_proxy_listener() {
+    let (code, _, stderr) = run_kproxy(
+        &["--server=http://127.0.0.1:1", "--admin-address=9101"],
+        &[],
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("needs a port: use HOST:PORT"), "{stderr}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let flag = format!("--admin-address={addr}");
+    let (code, stdout, stderr) =
+        run_kproxy(&["--server=http://127.0.0.1:1", "--port=0", &flag], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stdout.is_empty(),
+        "no startup line before the admin port is bound"
+    );
+    assert!(
+        stderr.contains(&format!("error: listen admin tcp {addr}:")),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
