@@ -75,6 +75,8 @@ pub struct Config {
     pub load: LoadOptions,
     /// The environment `cluster` was resolved with, for reloads.
     pub env: SharedEnv,
+    /// The configuration files' contents as they were just before `cluster` was loaded.
+    pub baseline: crate::reload::Baseline,
 }
 
 /// The environment kept for reloads.
@@ -220,6 +222,8 @@ impl Config {
                 disable_compression: cli.disable_compression,
             },
         };
+        // ops (hot reload): hash the files before reading them, so a change made meanwhile is seen.
+        let baseline = crate::reload::Baseline::before_load(&opts, env);
         let cluster = kubeconfig::load(&opts, env)?;
         let admin_address = cli.admin_address.clone().filter(|a| !a.is_empty());
         if let Some(a) = &admin_address {
@@ -259,6 +263,7 @@ impl Config {
                 .filter(|d| !d.is_zero()),
             load: opts,
             env: shared,
+            baseline,
         })
     }
 }

@@ -878,7 +878,8 @@ fn finish(
     })
 }
 
-fn incluster_dir(opts: &LoadOptions, env: &dyn Env) -> PathBuf {
+/// The service-account directory in-cluster configuration is read from.
+pub fn incluster_dir(opts: &LoadOptions, env: &dyn Env) -> PathBuf {
     opts.incluster_dir
         .clone()
         .or_else(|| env.non_empty("KPROXY_INCLUSTER_DIR").map(PathBuf::from))

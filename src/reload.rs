@@ -25,7 +25,8 @@ use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, Lifecycle, StartupError};
-use crate::kubeconfig::{self, PemSource, Source};
+use crate::env::Env;
+use crate::kubeconfig::{self, LoadOptions, PemSource, Source};
 use crate::metrics::UpstreamStats;
 use crate::observe::{self, ObservedBody, Telemetry};
 use crate::router::Router;
@@ -100,13 +101,46 @@ impl Routers {
     }
 }
 
-/// The files a configuration was loaded from, whose change triggers a reload.
-pub fn watched_files(config: &Config) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = match kubeconfig::kubeconfig_files(&config.load, &*config.env) {
+/// The kubeconfig files a load of `opts` may read (existing or not), in precedence order.
+fn kubeconfig_candidates(opts: &LoadOptions, env: &dyn Env) -> Vec<PathBuf> {
+    match kubeconfig::kubeconfig_files(opts, env) {
         Ok(candidates) => candidates.into_iter().map(|(p, _)| p).collect(),
         // `--kubeconfig` naming a missing file: watch for it to come back.
-        Err(_) => config.load.kubeconfig.iter().cloned().collect(),
-    };
+        Err(_) => opts.kubeconfig.iter().cloned().collect(),
+    }
+}
+
+/// Content hashes of files taken *before* a configuration was loaded from them, so that a change made
+/// while or just after they were read is noticed at the next check instead of becoming the baseline.
+#[derive(Debug, Clone, Default)]
+pub struct Baseline(Vec<(PathBuf, u64)>);
+
+impl Baseline {
+    /// Hashes what loading `opts` may read: the kubeconfig candidates and the in-cluster files. Call it
+    /// right before loading.
+    pub fn before_load(opts: &LoadOptions, env: &dyn Env) -> Baseline {
+        let mut files = kubeconfig_candidates(opts, env);
+        let dir = kubeconfig::incluster_dir(opts, env);
+        files.extend(["token", "ca.crt", "namespace"].map(|n| dir.join(n)));
+        Baseline(files.iter().map(|p| (p.clone(), hash_file(p))).collect())
+    }
+
+    /// The hashes to compare `files` with: the baseline's for files it has, fresh ones for the rest
+    /// (files named only by the loaded configuration, such as a client certificate).
+    fn hashes_for(&self, files: &[PathBuf]) -> Vec<u64> {
+        files
+            .iter()
+            .map(|p| match self.0.iter().find(|(f, _)| f == p) {
+                Some((_, h)) => *h,
+                None => hash_file(p),
+            })
+            .collect()
+    }
+}
+
+/// The files a configuration was loaded from, whose change triggers a reload.
+pub fn watched_files(config: &Config) -> Vec<PathBuf> {
+    let mut files = kubeconfig_candidates(&config.load, &*config.env);
     let cluster = &config.cluster;
     if let Source::InCluster { dir } = &cluster.source {
         for name in ["token", "ca.crt", "namespace"] {
@@ -161,6 +195,7 @@ pub fn rebuild(
     let cluster = kubeconfig::load(&config.load, &*config.env)?;
     let next = Config {
         cluster,
+        baseline: Baseline::default(),
         ..config.clone()
     };
     let router = config::build_router(&next, lifecycle)?;
@@ -185,7 +220,7 @@ pub async fn run(
 ) {
     let interval = config.poll_interval;
     let mut files = watched_files(&config);
-    let mut last = fingerprint(&files);
+    let mut last = config.baseline.hashes_for(&files);
     loop {
         let trigger = tokio::select! {
             _ = stop.cancelled() => return,
@@ -213,15 +248,9 @@ pub async fn run(
                 let next_files = watched_files(&next);
                 if next_files != files {
                     // The new configuration names other files. Files watched before keep the hash
-                    // taken before this load read them (so a change during the load is not missed);
-                    // new ones are hashed now.
-                    last = next_files
-                        .iter()
-                        .map(|p| match files.iter().position(|f| f == p) {
-                            Some(i) => now[i],
-                            None => hash_file(p),
-                        })
-                        .collect();
+                    // taken before this load read them; new ones are hashed now.
+                    let before = Baseline(files.into_iter().zip(now).collect());
+                    last = before.hashes_for(&next_files);
                     files = next_files;
                 }
                 config = next;

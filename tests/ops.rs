@@ -745,6 +745,55 @@ async fn kubeconfig_change_moves_new_requests_while_in_flight_ones_finish_and_br
     kp.stop().await;
 }
 
+fn two_contexts(a: &FakeApi, b: &FakeApi, current: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: {current}\nclusters:\n\
+         - name: a\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
+         - name: b\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
+         contexts:\n\
+         - name: ctx-a\n  context:\n    cluster: a\n    user: u\n\
+         - name: ctx-b\n  context:\n    cluster: b\n    user: u\n\
+         users:\n- name: u\n  user:\n    token: t\n",
+        a.url,
+        a.pki.ca_path.display(),
+        b.url,
+        b.pki.ca_path.display()
+    )
+}
+
+#[tokio::test]
+async fn a_pinned_context_stays_pinned_across_reloads() {
+    let a = FakeApi::builder().start().await;
+    let b = FakeApi::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("config");
+    std::fs::write(&kc, two_contexts(&a, &b, "ctx-a")).unwrap();
+    let kc_flag = format!("--kubeconfig={}", kc.display());
+    let kp = WithAdmin::start(
+        &[&kc_flag, "--context=ctx-a", "--config-poll-interval=50ms"],
+        MapEnv::default(),
+    )
+    .await;
+    // `kubectl config use-context ctx-b` elsewhere: the file changes and is reloaded...
+    replace_file(&kc, &two_contexts(&a, &b, "ctx-b"));
+    eventually("the reload", || async {
+        let m = kp.metrics().await;
+        assert_eq!(
+            sample(&m, "kproxy_config_reload_failures_total"),
+            Some(0.0),
+            "{m}"
+        );
+        (sample(&m, "kproxy_config_reloads_total") == Some(1.0)).then_some(())
+    })
+    .await;
+    // ...but --context still wins.
+    let (status, _, _) = get(&format!("{}/version", kp.url)).await;
+    assert_eq!(status, 200);
+    assert_eq!(a.recorded().len(), 1);
+    assert!(b.recorded().is_empty());
+    kp.stop().await;
+}
+
 async fn get_owned(url: String) -> (StatusCode, Bytes) {
     let (status, _, body) = get(&url).await;
     (status, body)
