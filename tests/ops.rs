@@ -877,6 +877,21 @@ async fn sighup_forces_a_reload_of_the_real_binary() {
     })
     .await;
     assert!(kp.alive(), "SIGHUP must not terminate kproxy");
+
+    // A broken file and SIGHUP: one warning, and B stays in force.
+    replace_file(&kc, "clusters: [ {{{ not yaml token: must-not-be-logged\n");
+    kp.signal("HUP");
+    let stderr_path = kp.stderr.clone();
+    eventually("the failed reload to be logged", || {
+        let text = std::fs::read_to_string(&stderr_path).unwrap();
+        async move { text.contains("configuration reload failed").then_some(()) }
+    })
+    .await;
+    let before = b.recorded().len();
+    let (status, _, _) = get(&format!("{}/version", kp.url())).await;
+    assert_eq!(status, 200);
+    assert_eq!(b.recorded().len(), before + 1, "B still serves");
+
     kp.signal("TERM");
     let (code, _, stderr) = kp.wait(WAIT).await;
     assert_eq!(code, 0, "{stderr}");
@@ -884,6 +899,18 @@ async fn sighup_forces_a_reload_of_the_real_binary() {
         stderr.contains("reloaded the configuration (SIGHUP)"),
         "{stderr}"
     );
+    let failures: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.contains("configuration reload failed"))
+        .collect();
+    assert_eq!(failures.len(), 1, "{stderr}");
+    assert!(
+        failures[0].contains(
+            "configuration reload failed, keeping the last good configuration: cannot parse kubeconfig"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("must-not-be-logged"), "{stderr}");
 }
 
 // ---------------------------------------------------------------------------------------------------
