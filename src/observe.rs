@@ -181,8 +181,22 @@ pub async fn handle(
             .map(ObservedBody::plain);
     }
     let mut record = Record::start(telemetry, &snapshot, &req);
-    let (resp, seen) = scoped(snapshot.router.handle(req, remote)).await;
+    // The scope wraps the router's future directly (no extra async layer): each layer would move that
+    // large future once more, which measured as the biggest part of observation's cost.
+    let scope = SCOPE.scope(
+        Cell::new(Seen::default()),
+        snapshot.router.handle(req, remote),
+    );
+    tokio::pin!(scope);
+    let resp = scope.as_mut().await;
+    let seen = scope
+        .as_mut()
+        .take_value()
+        .map(Cell::into_inner)
+        .unwrap_or_default();
     telemetry.apply(&seen);
+    // The proxy already decided which responses are long-running (watches, followed logs).
+    record.long_running = resp.body().is_stream();
     record.responded(resp.status().as_u16(), &seen);
     resp.map(|inner| ObservedBody {
         inner,
@@ -202,12 +216,12 @@ struct Record {
     method: Method,
     uri: Option<Uri>,
     bytes_in: Option<u64>,
+    /// A watch or followed log being relayed (set when the response head is known); counted in the
+    /// open-watches gauge until the record finishes.
     long_running: bool,
     /// 0 until the response head is known.
     status: u16,
     proto: Option<&'static str>,
-    /// Counted in the open-watches gauge.
-    watching: bool,
     bytes_out: u64,
     done: bool,
 }
@@ -226,10 +240,9 @@ impl Record {
             method: req.method().clone(),
             uri: wants_uri.then(|| uri.clone()),
             bytes_in: http_body::Body::size_hint(req.body()).exact(),
-            long_running: crate::proxy::is_long_running(uri.path(), uri.query()),
+            long_running: false,
             status: 0,
             proto: None,
-            watching: false,
             bytes_out: 0,
             done: false,
         }
@@ -241,8 +254,7 @@ impl Record {
         if seen.outcome == Outcome::Local && !seen.credential_failed {
             self.stats = self.telemetry.metrics.local().clone();
         }
-        if self.long_running && seen.answered() && (200..300).contains(&status) {
-            self.watching = true;
+        if self.long_running {
             self.telemetry.metrics.open_watches.fetch_add(1, Relaxed);
         }
         if let (Some(uri), Some(proto)) = (&self.uri, self.proto) {
@@ -268,7 +280,7 @@ impl Record {
         let status = if self.status == 0 { 499 } else { self.status };
         let m = &self.telemetry.metrics;
         m.in_flight.fetch_sub(1, Relaxed);
-        if self.watching {
+        if self.long_running {
             m.open_watches.fetch_sub(1, Relaxed);
         }
         let timed = !self.long_running && status != 101;
