@@ -73,23 +73,31 @@ pub fn write(format: Format, entry: &Entry<'_>) {
     });
 }
 
-/// Formats one line, newline included.
+/// Formats one line, newline included. Numbers are written digit by digit rather than through
+/// `fmt`, which made a line several times cheaper.
 pub fn format_line(out: &mut String, format: Format, e: &Entry<'_>, now: SystemTime) {
-    let ms = e.duration.as_secs_f64() * 1e3;
     match format {
         Format::Off => {}
         Format::Text => {
             rfc3339(out, now);
-            let _ = write!(out, " {} ", e.method);
+            out.push(' ');
+            out.push_str(e.method.as_str());
+            out.push(' ');
             target(out, e.uri, false);
-            let _ = write!(out, " {} ", e.status);
+            out.push(' ');
+            push_uint(out, u64::from(e.status), 1);
+            out.push(' ');
             match e.bytes_in {
-                Some(n) => {
-                    let _ = write!(out, "{n}");
-                }
+                Some(n) => push_uint(out, n, 1),
                 None => out.push('-'),
             }
-            let _ = writeln!(out, " {} {ms:.3} {}", e.bytes_out, e.proto.unwrap_or("-"));
+            out.push(' ');
+            push_uint(out, e.bytes_out, 1);
+            out.push(' ');
+            push_millis(out, e.duration);
+            out.push(' ');
+            out.push_str(e.proto.unwrap_or("-"));
+            out.push('\n');
         }
         Format::Json => {
             out.push_str("{\"time\":\"");
@@ -98,18 +106,18 @@ pub fn format_line(out: &mut String, format: Format, e: &Entry<'_>, now: SystemT
             json_str(out, e.method.as_str());
             out.push_str(",\"path\":\"");
             target(out, e.uri, true);
-            let _ = write!(out, "\",\"status\":{},\"bytes_in\":", e.status);
+            out.push_str("\",\"status\":");
+            push_uint(out, u64::from(e.status), 1);
+            out.push_str(",\"bytes_in\":");
             match e.bytes_in {
-                Some(n) => {
-                    let _ = write!(out, "{n}");
-                }
+                Some(n) => push_uint(out, n, 1),
                 None => out.push_str("null"),
             }
-            let _ = write!(
-                out,
-                ",\"bytes_out\":{},\"duration_ms\":{ms:.3},\"proto\":",
-                e.bytes_out
-            );
+            out.push_str(",\"bytes_out\":");
+            push_uint(out, e.bytes_out, 1);
+            out.push_str(",\"duration_ms\":");
+            push_millis(out, e.duration);
+            out.push_str(",\"proto\":");
             match e.proto {
                 Some(p) => json_str(out, p),
                 None => out.push_str("null"),
@@ -180,6 +188,26 @@ fn json_inner(out: &mut String, s: &str) {
     }
 }
 
+/// Appends `v` in decimal, zero-padded to at least `width` digits.
+fn push_uint(out: &mut String, mut v: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    while v > 0 || buf.len() - i < width.max(1) {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
+}
+
+/// Appends a duration in milliseconds with three decimals (microsecond resolution): `12.345`.
+fn push_millis(out: &mut String, d: Duration) {
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    push_uint(out, us / 1000, 1);
+    out.push('.');
+    push_uint(out, us % 1000, 3);
+}
+
 /// `2025-01-02T03:04:05.678Z`, computed without a date library (days-to-civil from H. Hinnant's
 /// `chrono`-compatible algorithms).
 pub fn rfc3339(out: &mut String, t: SystemTime) {
@@ -196,14 +224,20 @@ pub fn rfc3339(out: &mut String, t: SystemTime) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        d.subsec_millis()
-    );
+    push_uint(out, year.max(0) as u64, 4);
+    out.push('-');
+    push_uint(out, month as u64, 2);
+    out.push('-');
+    push_uint(out, day as u64, 2);
+    out.push('T');
+    push_uint(out, rem / 3600, 2);
+    out.push(':');
+    push_uint(out, rem / 60 % 60, 2);
+    out.push(':');
+    push_uint(out, rem % 60, 2);
+    out.push('.');
+    push_uint(out, u64::from(d.subsec_millis()), 3);
+    out.push('Z');
 }
 
 #[cfg(test)]
@@ -234,6 +268,21 @@ mod tests {
         s.clear();
         rfc3339(&mut s, UNIX_EPOCH + Duration::from_secs(951_782_400)); // leap day
         assert_eq!(s, "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn numbers_are_written_digit_by_digit() {
+        let mut s = String::new();
+        push_uint(&mut s, 0, 1);
+        s.push(' ');
+        push_uint(&mut s, 7, 3);
+        s.push(' ');
+        push_uint(&mut s, u64::MAX, 1);
+        s.push(' ');
+        push_millis(&mut s, Duration::from_micros(12_005));
+        s.push(' ');
+        push_millis(&mut s, Duration::from_nanos(999));
+        assert_eq!(s, "0 007 18446744073709551615 12.005 0.000");
     }
 
     #[test]
