@@ -62,6 +62,12 @@ impl Body {
         })
     }
 
+    /// Whether this relays a long-running response (watch, followed log) that shutdown ends. ops: the
+    /// metrics count these as open watches and keep them out of the latency histogram.
+    pub fn is_stream(&self) -> bool {
+        matches!(self.0, Kind::Stream { .. })
+    }
+
     /// Any other body.
     pub fn boxed<B>(body: B) -> Self
     where

@@ -18,7 +18,10 @@ pub const DEFAULT_PORT: u16 = 8001;
     version,
     about = "Creates a proxy server or application-level gateway between localhost and the Kubernetes API server.\n\
              A drop-in replacement for `kubectl proxy`.",
-    override_usage = "kproxy [--port=PORT] [--www=static-dir] [--www-prefix=prefix] [--api-prefix=prefix] [options]"
+    override_usage = "kproxy [--port=PORT] [--www=static-dir] [--www-prefix=prefix] [--api-prefix=prefix] [options]",
+    // A flag given twice: the last one wins, as with kubectl's pflag (and so a container's `args` can
+    // override flags its entrypoint sets).
+    args_override_self = true
 )]
 pub struct Cli {
     /// The port on which to run the proxy. Set to 0 to pick a random port.
@@ -178,6 +181,21 @@ pub struct Cli {
     /// Default: $KPROXY_INCLUSTER_DIR, else /var/run/secrets/kubernetes.io/serviceaccount.
     #[arg(long = "incluster-dir")]
     pub incluster_dir: Option<PathBuf>,
+
+    // ---- kproxy operations (docs/operations.md) ----
+    /// kproxy: serve /healthz, /readyz and /metrics (Prometheus) on this HOST:PORT, e.g. 127.0.0.1:9101.
+    /// Off by default. It proxies nothing, so in a pod it may listen on 0.0.0.0 for kubelet's probes.
+    #[arg(long = "admin-address")]
+    pub admin_address: Option<String>,
+
+    /// kproxy: write one line per request to stderr: off, text or json. Never includes header values.
+    #[arg(long = "access-log", value_enum, default_value = "off", num_args = 0..=1, require_equals = true, default_missing_value = "text")]
+    pub access_log: crate::access_log::Format,
+
+    /// kproxy: how often to check the kubeconfig (or in-cluster) files for changes and reload them; 0
+    /// checks only on SIGHUP.
+    #[arg(long = "config-poll-interval", default_value = "2s", value_parser = parse_go_duration)]
+    pub config_poll_interval: GoDuration,
 }
 
 /// A Go `time.Duration` flag value, which may be negative (`--keepalive=-1s` disables keep-alive).
@@ -288,5 +306,23 @@ mod tests {
         assert_eq!(cli.verbosity, 6);
         let cli = Cli::try_parse_from(["kproxy", "--disable-filter=false"]).unwrap();
         assert!(!cli.disable_filter);
+    }
+
+    #[test]
+    fn the_last_of_a_repeated_flag_wins() {
+        let cli = Cli::try_parse_from([
+            "kproxy",
+            "--address=127.0.0.1",
+            "--address=0.0.0.0",
+            "-p",
+            "1",
+            "--port=2",
+            "--as-group=a",
+            "--as-group=b",
+        ])
+        .unwrap();
+        assert_eq!(cli.address, "0.0.0.0");
+        assert_eq!(cli.port, 2);
+        assert_eq!(cli.as_group, ["a", "b"], "repeatable flags still collect");
     }
 }

@@ -8,12 +8,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access_log;
 use crate::auth::{Auth, InvalidImpersonation};
 use crate::cli::{Cli, DEFAULT_PORT};
 use crate::credentials::{self, CredentialError, Credentials, PluginEnv, Timing};
 use crate::env::Env;
 use crate::filter::{Filter, InvalidRegex};
 use crate::kubeconfig::{self, ConfigError, LoadOptions, Overrides, ResolvedConfig};
+use crate::observe::Telemetry;
 use crate::proxy::Proxy;
 use crate::router::Router;
 use crate::static_files::StaticFiles;
@@ -71,6 +73,38 @@ pub struct Config {
     pub plugin_env: PluginEnv,
     /// Credential and certificate refresh timings: the documented defaults; tests shorten them here.
     pub timing: Timing,
+    // ---- operations (admin listener, access log, hot reload) ----
+    /// `--admin-address`: where `/healthz`, `/readyz` and `/metrics` are served (`None`: nowhere).
+    pub admin_address: Option<String>,
+    /// `--access-log`.
+    pub access_log: access_log::Format,
+    /// `--config-poll-interval`: how often the files the cluster configuration came from are checked
+    /// for changes (`None`: only on SIGHUP).
+    pub poll_interval: Option<Duration>,
+    /// What `cluster` was loaded from, so a reload can load it again the same way.
+    pub load: LoadOptions,
+    /// The environment `cluster` was resolved with, for reloads.
+    pub env: SharedEnv,
+    /// The configuration files' contents as they were just before `cluster` was loaded.
+    pub baseline: crate::reload::Baseline,
+}
+
+/// The environment kept for reloads.
+#[derive(Clone)]
+pub struct SharedEnv(pub Arc<dyn Env>);
+
+impl std::ops::Deref for SharedEnv {
+    type Target = dyn Env;
+    fn deref(&self) -> &(dyn Env + 'static) {
+        &*self.0
+    }
+}
+
+impl std::fmt::Debug for SharedEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Environment values may hold secrets.
+        f.write_str("SharedEnv(..)")
+    }
 }
 
 /// Why kproxy could not start.
@@ -127,8 +161,11 @@ fn with_slashes(prefix: &str) -> String {
 }
 
 impl Config {
-    /// Validates the flags and loads the cluster configuration.
-    pub fn from_cli(cli: &Cli, env: &dyn Env) -> Result<Config, StartupError> {
+    /// Validates the flags and loads the cluster configuration. The environment is kept (cloned) for
+    /// reloads.
+    pub fn from_cli<E: Env + Clone + 'static>(cli: &Cli, env: &E) -> Result<Config, StartupError> {
+        let shared = SharedEnv(Arc::new(env.clone()));
+        let env: &dyn Env = env;
         let listen = match &cli.unix_socket {
             Some(path) if cli.port != DEFAULT_PORT => {
                 let _ = path;
@@ -195,7 +232,17 @@ impl Config {
                 disable_compression: cli.disable_compression,
             },
         };
+        // ops (hot reload): hash the files before reading them, so a change made meanwhile is seen.
+        let baseline = crate::reload::Baseline::before_load(&opts, env);
         let cluster = kubeconfig::load(&opts, env)?;
+        let admin_address = cli.admin_address.clone().filter(|a| !a.is_empty());
+        if let Some(a) = &admin_address {
+            if !a.contains(':') {
+                return Err(StartupError::Usage(format!(
+                    "--admin-address={a:?} needs a port: use HOST:PORT, e.g. 127.0.0.1:9101"
+                )));
+            }
+        }
         if !cluster.server.path.is_empty() && !cli.append_server_path {
             tracing::warn!(
                 "Your kube context contains a server path {}, use --append-server-path to automatically append the path to each request",
@@ -203,14 +250,7 @@ impl Config {
             );
         }
         let proxy_env = ProxyEnv::from_env(env);
-        let target: http::Uri = format!("{}://{}", cluster.server.scheme, cluster.server.authority)
-            .parse()
-            .map_err(|e| ConfigError::Invalid(format!("server URL: {e}")))?;
-        let route = Route::select(cluster.proxy_url.as_deref(), &proxy_env, &target)
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        if let Some(proxy) = route.describe() {
-            tracing::info!(%proxy, "connecting to the API server through a proxy");
-        }
+        let route = route_for(&cluster, &proxy_env)?;
         let keepalive = match cli.keepalive.non_negative() {
             None => None,
             // Go's dialer reads 0 as "the default", 15 s, not "off" as kubectl's help says.
@@ -231,27 +271,90 @@ impl Config {
             proxy_env,
             plugin_env: PluginEnv::capture(env),
             timing: Timing::default(),
+            admin_address,
+            access_log: cli.access_log,
+            poll_interval: cli
+                .config_poll_interval
+                .non_negative()
+                .filter(|d| !d.is_zero()),
+            load: opts,
+            env: shared,
+            baseline,
         })
     }
 }
 
-/// Handles shared between the router and the server for shutdown.
-#[derive(Debug, Clone, Default)]
+/// How connections reach the cluster's server: its `proxy-url`, else the proxy variables, else directly.
+/// Chosen again on every configuration reload.
+pub fn route_for(cluster: &ResolvedConfig, proxy_env: &ProxyEnv) -> Result<Route, StartupError> {
+    let target: http::Uri = format!("{}://{}", cluster.server.scheme, cluster.server.authority)
+        .parse()
+        .map_err(|e| ConfigError::Invalid(format!("server URL: {e}")))?;
+    let route = Route::select(cluster.proxy_url.as_deref(), proxy_env, &target)
+        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    if let Some(proxy) = route.describe() {
+        tracing::info!(%proxy, "connecting to the API server through a proxy");
+    }
+    Ok(route)
+}
+
+/// Handles shared between the router and the server for shutdown. They outlive configuration reloads.
+#[derive(Debug, Clone)]
 pub struct Lifecycle {
     /// Fired at shutdown: ends watches, followed logs and upgrade tunnels.
     pub streams: CancellationToken,
     /// Upgrade tunnels, awaited at shutdown.
     pub tunnels: TaskTracker,
+    /// Metrics, readiness inputs and the access log.
+    pub telemetry: Arc<Telemetry>,
+}
+
+impl Default for Lifecycle {
+    /// A lifecycle that observes nothing.
+    fn default() -> Self {
+        let tunnels = TaskTracker::new();
+        Self {
+            streams: CancellationToken::new(),
+            telemetry: Arc::new(Telemetry::new(
+                false,
+                access_log::Format::Off,
+                tunnels.clone(),
+            )),
+            tunnels,
+        }
+    }
+}
+
+impl Lifecycle {
+    /// A lifecycle observing requests as `config` asks (admin listener, access log).
+    pub fn new(config: &Config) -> Self {
+        let tunnels = TaskTracker::new();
+        Self {
+            streams: CancellationToken::new(),
+            telemetry: Arc::new(Telemetry::new(
+                config.admin_address.is_some(),
+                config.access_log,
+                tunnels.clone(),
+            )),
+            tunnels,
+        }
+    }
 }
 
 /// Loads TLS material and credentials and builds the router. Fails on unreadable or mismatched keys.
 pub fn build_router(config: &Config, lifecycle: &Lifecycle) -> Result<Arc<Router>, StartupError> {
     let tls = TlsState::new(&config.cluster.tls, config.timing.tls_file_check_period)?;
+    // ops: count the pools' connections per API server.
+    let stats = lifecycle
+        .telemetry
+        .metrics
+        .upstream(&config.cluster.server.to_string());
     let upstream = Arc::new(Upstream::new(
         tls.clone(),
         config.route.clone(),
         config.http2,
         config.keepalive,
+        stats,
     ));
     let credentials = Credentials::new(
         &config.cluster,

@@ -332,8 +332,8 @@ pub fn load(opts: &LoadOptions, env: &dyn Env) -> Result<ResolvedConfig, ConfigE
     resolve(merged, &origins, read, opts)
 }
 
-/// Files in precedence order, each with whether it must exist.
-fn kubeconfig_files(
+/// Files in precedence order, each with whether it must exist. Also what the reloader watches.
+pub fn kubeconfig_files(
     opts: &LoadOptions,
     env: &dyn Env,
 ) -> Result<Vec<(PathBuf, bool)>, ConfigError> {
@@ -897,7 +897,8 @@ fn finish(
     })
 }
 
-fn incluster_dir(opts: &LoadOptions, env: &dyn Env) -> PathBuf {
+/// The service-account directory in-cluster configuration is read from.
+pub fn incluster_dir(opts: &LoadOptions, env: &dyn Env) -> PathBuf {
     opts.incluster_dir
         .clone()
         .or_else(|| env.non_empty("KPROXY_INCLUSTER_DIR").map(PathBuf::from))

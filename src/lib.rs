@@ -23,9 +23,20 @@
 //! - [`headers`]: the hop-by-hop header table (RFC 9110 §7.6.1).
 //! - [`error`] and [`status`]: request errors, mapped once to Kubernetes `Status` JSON.
 //! - [`body`]: the response body type, allocation-free on the relay path.
+//!
+//! Operations (docs/operations.md), around that flow:
+//! - [`ops`]: wires the admin listener, the reloader and SIGHUP around the proxy listener.
+//! - [`reload`]: the swap cell holding the router in force, and the reloader that rebuilds it.
+//! - [`observe`]: per-request observation feeding metrics, readiness and the access log.
+//! - [`metrics`]: Prometheus metrics on atomics, rendered by `prometheus-client`.
+//! - [`admin`]: the admin listener: `/healthz`, `/readyz` (and its rule), `/metrics`.
+//! - [`access_log`]: the access-log line formats.
+//! - [`logging`]: `-v` levels mapped onto `tracing` filters.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, missing_docs)]
 
+pub mod access_log;
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod cli;
@@ -36,7 +47,12 @@ pub mod error;
 pub mod filter;
 pub mod headers;
 pub mod kubeconfig;
+pub mod logging;
+pub mod metrics;
+pub mod observe;
+pub mod ops;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod static_files;
@@ -48,17 +64,20 @@ pub mod upstream;
 use std::future::Future;
 
 pub use config::{Config, StartupError};
+pub use ops::{serve, Ops};
 pub use server::Listener;
 
 /// Runs kproxy on an already-bound listener until `shutdown` completes, then drains within
 /// `config.shutdown_grace`. This is the library entry point; tests bind `127.0.0.1:0` and call it.
+/// The admin listener, if configured, is bound here too.
 pub async fn run(
     config: Config,
     listener: Listener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartupError> {
-    let lifecycle = config::Lifecycle::default();
+    let lifecycle = config::Lifecycle::new(&config);
     let router = config::build_router(&config, &lifecycle)?;
-    server::serve(listener, router, lifecycle, shutdown, config.shutdown_grace).await;
+    let ops = Ops::prepare(&config).await?;
+    ops::serve(config, listener, ops, router, lifecycle, shutdown).await;
     Ok(())
 }

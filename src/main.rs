@@ -8,7 +8,7 @@ use clap::Parser;
 use kproxy::cli::Cli;
 use kproxy::config::{self, Config, Lifecycle, EXIT_USAGE};
 use kproxy::env::ProcessEnv;
-use kproxy::server::{self, Listener};
+use kproxy::server::Listener;
 
 /// mimalloc instead of the system allocator: each proxied request makes a few dozen short-lived
 /// allocations (header maps, frames, futures), and glibc's malloc/free took about 16% of the
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    init_tracing(cli.verbosity);
+    kproxy::logging::init(cli.verbosity, std::env::var("RUST_LOG").ok().as_deref());
 
     let runtime = match runtime() {
         Ok(rt) => rt,
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
             Ok(c) => c,
             Err(e) => return fail(e),
         };
-        let lifecycle = Lifecycle::default();
+        let lifecycle = Lifecycle::new(&config);
         let router = match config::build_router(&config, &lifecycle) {
             Ok(r) => r,
             Err(e) => return fail(e),
@@ -51,13 +51,18 @@ fn main() -> ExitCode {
             Ok(l) => l,
             Err(e) => return fail(e),
         };
-        // Before the startup line: a script may signal as soon as it has read it.
+        // The admin listener and the signal handlers, before the startup line: once a script has read
+        // it, SIGHUP and SIGTERM must already be handled.
+        let ops = match kproxy::Ops::prepare(&config).await {
+            Ok(o) => o,
+            Err(e) => return fail(e),
+        };
         let shutdown = shutdown_signal();
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "Starting to serve on {}", listener.display_addr());
         let _ = stdout.flush();
         drop(stdout);
-        server::serve(listener, router, lifecycle, shutdown, config.shutdown_grace).await;
+        kproxy::serve(config, listener, ops, router, lifecycle, shutdown).await;
         ExitCode::SUCCESS
     })
 }
@@ -86,57 +91,19 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
-/// kubectl's `-v` levels mapped onto tracing levels: 0–1 warnings, 2–3 info (filter rejections),
-/// 4–5 debug (filter decisions, connection errors), 6+ trace. `RUST_LOG` wins when set; it takes
-/// `target=level` lists (`kproxy=debug,warn`).
-///
-/// The filter is `Targets`, not `EnvFilter`: `EnvFilter` pulls in regex-automata's full-DFA builder,
-/// and cargo's feature unification then made every `--accept-paths`/`--reject-paths` regex build a
-/// dense DFA at startup, 60% of the instructions from exec to listening.
-fn init_tracing(verbosity: u8) {
-    use tracing_subscriber::filter::Targets;
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    let level = match verbosity {
-        0..=1 => "warn",
-        2..=3 => "info",
-        4..=5 => "debug",
-        _ => "trace",
-    };
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse::<Targets>().ok())
-        .unwrap_or_else(|| {
-            format!("kproxy={level},warn")
-                .parse()
-                .unwrap_or_else(|_| Targets::new())
-        });
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_target(false),
-        )
-        .with(filter)
-        .init();
-}
-
-/// Installs the SIGINT and SIGTERM handlers at once and returns a future that completes on the first
-/// signal. The handlers must exist before the startup line is printed: until then either signal would
-/// still kill the process (exit 143/130) instead of draining it.
+/// SIGTERM or SIGINT. The handlers are registered when this is called (not when first polled), so no
+/// signal between the startup line and serving falls through to the default action.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
     async move {
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => std::future::pending().await,
+        let (Ok(mut term), Ok(mut int)) = (term, int) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
     }
 }

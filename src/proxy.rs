@@ -88,10 +88,18 @@ impl Proxy {
             && self.auth.credentials.renews_on_rejection()
             && hyper::body::Body::is_end_stream(req.body()))
         .then(|| req.headers().clone());
-        let used = self.auth.apply(req.headers_mut()).await?;
+        // ops hook (observe): a request that cannot get a credential makes /readyz fail.
+        let used = self
+            .auth
+            .apply(req.headers_mut())
+            .await
+            .inspect_err(|_| crate::observe::credential_failed())?;
         if let Some(upgrade) = upgrade {
             // Boxed: the tunnel's future is large and rare; unboxed it would sit in every connection.
-            let resp = Box::pin(self.upgrader.tunnel(req, uri, upgrade, &self.server)).await?;
+            let answer = Box::pin(self.upgrader.tunnel(req, uri, upgrade, &self.server)).await;
+            // ops hook (observe): upgrades always speak HTTP/1.1 upstream.
+            crate::observe::upstream_answered(answer.is_ok().then_some(http::Version::HTTP_11));
+            let resp = answer?;
             if resp.status() == StatusCode::UNAUTHORIZED {
                 if let Some(used) = used {
                     self.auth.credentials.rejected(used);
@@ -155,8 +163,10 @@ impl Proxy {
         } else {
             (connectors.client.clone(), None)
         };
-        let resp = client.request(req).await.map_err(|e| self.classify(e))?;
-        Ok((resp, lease))
+        let resp = client.request(req).await;
+        // ops hook (observe): readiness, metrics and the access log's protocol field.
+        crate::observe::upstream_answered(resp.as_ref().ok().map(|r| r.version()));
+        Ok((resp.map_err(|e| self.classify(e))?, lease))
     }
 
     fn upstream_uri(&self, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
@@ -187,6 +197,38 @@ impl Proxy {
         } else {
             ProxyError::BadGateway { upstream, cause }
         }
+    }
+}
+
+impl Proxy {
+    /// ops: the admin listener's readiness probe, an authenticated `GET /version` (public on every API
+    /// server, and cheap). Returns the status of any answer; the body is read and dropped.
+    pub async fn probe(&self) -> Result<StatusCode, ProxyError> {
+        use http_body_util::BodyExt as _;
+        let uri = self.upstream_uri("/version", None)?;
+        let mut req = Request::get(uri)
+            .body(Body::empty())
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        let headers = req.headers_mut();
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        let used = self
+            .auth
+            .apply(headers)
+            .await
+            .inspect_err(|_| crate::observe::credential_failed())?;
+        let (resp, _) = self.send(req, false).await?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED {
+            if let Some(used) = used {
+                self.auth.credentials.rejected(used);
+            }
+        }
+        // Reading the (small) body to its end lets an HTTP/1.1 connection go back to the pool.
+        let _ = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+            .collect()
+            .await;
+        Ok(status)
     }
 }
 

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Lifecycle, Listen, StartupError};
-use crate::router::Router;
+use crate::reload::Routers;
 
 /// Client connections served at once; further connections wait in the kernel backlog. Sized for a
 /// thousand watches over HTTP/1.1 (one connection each) with room to spare, and about 4 KiB of idle
@@ -163,9 +163,11 @@ fn fastrand_suffix() -> u32 {
 
 /// Serves until `shutdown` completes, then drains: long-running streams and tunnels end at once, other
 /// in-flight requests get `grace` to finish. Returns when everything has finished or the grace ran out.
+/// `router` is the swap cell hot reload replaces routers in; each request uses the one current when it
+/// arrives.
 pub async fn serve(
     listener: Listener,
-    router: Arc<Router>,
+    router: Arc<Routers>,
     lifecycle: Lifecycle,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
@@ -249,7 +251,7 @@ async fn accept(listener: &Listener) -> std::io::Result<(Io, Option<SocketAddr>)
 async fn serve_connection(
     io: Io,
     remote: Option<SocketAddr>,
-    router: Arc<Router>,
+    router: Arc<Routers>,
     drain: CancellationToken,
     force: CancellationToken,
 ) {
@@ -262,7 +264,7 @@ async fn serve_connection(
 async fn serve_io<S>(
     stream: S,
     remote: Option<SocketAddr>,
-    router: Arc<Router>,
+    router: Arc<Routers>,
     drain: CancellationToken,
     force: CancellationToken,
 ) where

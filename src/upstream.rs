@@ -32,11 +32,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::Body;
+use crate::metrics::{CountConnections, UpstreamStats};
 use crate::tls::TlsState;
 use egress::{EgressConnector, Route};
 
-/// The client type used for upstream requests.
-pub type UpstreamClient = Client<HttpsConnector<EgressConnector>, Body>;
+/// The client type used for upstream requests. Its connector counts connections for the metrics.
+pub type UpstreamClient = Client<CountConnections<HttpsConnector<EgressConnector>>, Body>;
 
 /// The connector upgrade tunnels dial with (HTTP/1.1 only).
 pub type UpgradeConnector = HttpsConnector<EgressConnector>;
@@ -98,27 +99,31 @@ pub struct Upstream {
     http2: bool,
     /// TCP keep-alive for upgrade connections (`--keepalive`).
     upgrade_keepalive: Option<Duration>,
+    /// Where the pools count their connections (metrics).
+    stats: Arc<UpstreamStats>,
     current: RwLock<Arc<Connectors>>,
     /// Serialises rebuilds so concurrent requests build one new pool, not one each.
     rebuild: Mutex<()>,
 }
 
 impl Upstream {
-    /// The way to the API server along `route` with `tls`.
+    /// The way to the API server along `route` with `tls`; connections are counted in `stats`.
     pub fn new(
         tls: Arc<TlsState>,
         route: Route,
         http2: bool,
         upgrade_keepalive: Option<Duration>,
+        stats: Arc<UpstreamStats>,
     ) -> Self {
         let route = Arc::new(route);
         let generation = tls.generation();
-        let current = build(&tls, &route, http2, upgrade_keepalive, generation);
+        let current = build(&tls, &route, http2, upgrade_keepalive, &stats, generation);
         Self {
             tls,
             route,
             http2,
             upgrade_keepalive,
+            stats,
             current: RwLock::new(Arc::new(current)),
             rebuild: Mutex::new(()),
         }
@@ -156,6 +161,7 @@ impl Upstream {
             &self.route,
             self.http2,
             self.upgrade_keepalive,
+            &self.stats,
             generation,
         ));
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
@@ -185,27 +191,34 @@ fn build(
     route: &Arc<Route>,
     http2: bool,
     upgrade_keepalive: Option<Duration>,
+    stats: &Arc<UpstreamStats>,
     generation: u64,
 ) -> Connectors {
     let config = tls.client_config();
     let server_name = tls.server_name().cloned();
-    let client = pooled_client(https(
-        &config,
-        server_name.as_ref(),
-        http2,
-        egress(tls, route, Some(TCP_KEEPALIVE)),
-    ));
+    let client = pooled_client(
+        https(
+            &config,
+            server_name.as_ref(),
+            http2,
+            egress(tls, route, Some(TCP_KEEPALIVE)),
+        ),
+        stats.clone(),
+    );
     // Long-running requests get clients of their own, dialled exactly like the ordinary one.
     let lanes = {
         let (tls, route) = (tls.clone(), route.clone());
-        let (config, server_name) = (config.clone(), server_name.clone());
+        let (config, server_name, stats) = (config.clone(), server_name.clone(), stats.clone());
         StreamLanes::new(move || {
-            pooled_client(https(
-                &config,
-                server_name.as_ref(),
-                http2,
-                egress(&tls, &route, Some(TCP_KEEPALIVE)),
-            ))
+            pooled_client(
+                https(
+                    &config,
+                    server_name.as_ref(),
+                    http2,
+                    egress(&tls, &route, Some(TCP_KEEPALIVE)),
+                ),
+                stats.clone(),
+            )
         })
     };
     // Upgrades speak HTTP/1.1 over a dedicated connection, with the same TLS material and route.
@@ -244,7 +257,10 @@ fn https(
     }
 }
 
-fn pooled_client(https: HttpsConnector<EgressConnector>) -> UpstreamClient {
+fn pooled_client(
+    https: HttpsConnector<EgressConnector>,
+    stats: Arc<UpstreamStats>,
+) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
@@ -255,7 +271,7 @@ fn pooled_client(https: HttpsConnector<EgressConnector>) -> UpstreamClient {
         .http2_keep_alive_while_idle(false)
         // Large LISTs and downloads need more than HTTP/2's 64 KiB default window to run at line rate.
         .http2_adaptive_window(true)
-        .build(https)
+        .build(CountConnections::new(https, stats))
 }
 
 /// Long-running requests per lane: below the 100 concurrent streams the API server grants per HTTP/2

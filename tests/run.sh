@@ -11,5 +11,16 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked --all-targets
+# The sidecar image's binary: statically linked (musl if installed, else glibc crt-static), checked
+# static with file/ldd and run (--version) by the script. The image itself only where buildah exists.
+bash build/static.sh
+if command -v buildah >/dev/null; then
+  bash build/image.sh
+else
+  echo "run.sh: buildah not installed; skipping the image build (apt-get install -y buildah)" >&2
+fi
+# The examples against a real kube-apiserver, driven by the static binary: server-side dry-run of the
+# ambassador manifest, then its sidecar args in-cluster style through examples/curl.sh.
+bash examples/validate.sh build/out/kproxy
 # The end-to-end suite against a genuine kube-apiserver (builds or reuses it; see docs/e2e.md).
 bash tests/e2e.sh

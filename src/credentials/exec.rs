@@ -219,6 +219,8 @@ impl ExecAuth {
             }
         }
         let result = self.plugin.run(self.timeout).await;
+        // ops hook (observe): refresh counters, and /readyz fails while the plugin fails.
+        crate::observe::credential_refreshed(result.is_ok());
         let mut state = self.lock();
         state.runs += 1;
         match result {

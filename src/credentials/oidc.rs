@@ -251,7 +251,10 @@ impl OidcAuth {
             self.error("No valid id-token, and cannot refresh without refresh-token")
         })?;
         let endpoint = self.token_endpoint().await?;
-        let tokens = self.refresh_grant(&endpoint, &refresh_token).await?;
+        let tokens = self.refresh_grant(&endpoint, &refresh_token).await;
+        // ops hook (observe): refresh counters, and /readyz fails while the refresh fails.
+        crate::observe::credential_refreshed(tokens.is_ok());
+        let tokens = tokens?;
         let id_token = tokens.id_token.filter(|t| !t.is_empty()).ok_or_else(|| {
             self.error("token response did not contain an id_token, either the scope \"openid\" wasn't requested upon login, or the provider doesn't support id_tokens as part of the refresh response")
         })?;

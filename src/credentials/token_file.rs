@@ -70,7 +70,10 @@ impl TokenFile {
             state.due = now + self.period;
             // A token file is a few hundred bytes on a local (usually tmpfs) mount: reading it inline once
             // a period is cheaper than a hop to the blocking pool on every request.
-            match read_token(&self.path) {
+            let read = read_token(&self.path);
+            // ops hook (observe): refresh counters, and /readyz fails while re-reading fails.
+            crate::observe::credential_refreshed(read.is_ok());
+            match read {
                 Ok(v) => {
                     state.logged = false;
                     if state.value.as_ref() != Some(&v) {

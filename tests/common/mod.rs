@@ -696,12 +696,18 @@ impl Kproxy {
         let listener = Listener::bind(&config.listen).await?;
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        // Build errors (bad keys) surface before the listener is used: check them here.
-        let lifecycle = kproxy::config::Lifecycle::default();
-        kproxy::config::build_router(&config, &lifecycle)?;
-        let task = tokio::spawn(kproxy::run(config, listener, async move {
-            let _ = rx.await;
-        }));
+        // Everything that reads credentials happens here, before this returns, as in main.rs: build
+        // errors (bad keys) surface now, and a test may change files on disk right after.
+        let lifecycle = kproxy::config::Lifecycle::new(&config);
+        let router = kproxy::config::build_router(&config, &lifecycle)?;
+        let ops = kproxy::Ops::prepare(&config).await?;
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = rx.await;
+            };
+            kproxy::serve(config, listener, ops, router, lifecycle, shutdown).await;
+            Ok(())
+        });
         Ok(Kproxy {
             addr,
             url: format!("http://127.0.0.1:{}", addr.port()),

@@ -58,19 +58,18 @@ pub async fn start_with(
     tweak(&mut config);
     let listener = Listener::bind(&config.listen).await?;
     let addr = listener.local_addr().unwrap();
-    let lifecycle = Lifecycle::default();
+    // Everything that reads credentials happens here, before this returns, as in main.rs: build errors
+    // (unreadable keys, bad plugins) surface now, and a test may change files on disk right after.
+    let lifecycle = Lifecycle::new(&config);
     let router = kproxy::config::build_router(&config, &lifecycle)?;
+    let ops = kproxy::Ops::prepare(&config).await?;
     let (tx, rx) = oneshot::channel::<()>();
-    let grace = config.shutdown_grace;
-    let task = tokio::spawn(kproxy::server::serve(
-        listener,
-        router,
-        lifecycle,
-        async move {
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
             let _ = rx.await;
-        },
-        grace,
-    ));
+        };
+        kproxy::serve(config, listener, ops, router, lifecycle, shutdown).await;
+    });
     Ok(Running {
         url: format!("http://127.0.0.1:{}", addr.port()),
         shutdown: Some(tx),

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Builds the container image (Containerfile) from the static binary, without a Docker engine:
+# buildah with chroot isolation and the vfs storage driver works as plain root in a sandbox without
+# user namespaces or overlayfs. Also writes build/out/kproxy-image.tar (OCI archive) for
+# `podman load`, `kind load image-archive` or `ctr -n k8s.io images import`.
+# Usage: build/image.sh [TAG]   (default localhost/kproxy:<Cargo version>)
+# Env: STORAGE_DRIVER (default vfs), ISOLATION (default chroot).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v buildah >/dev/null || { echo "image.sh: buildah not found: apt-get install -y buildah" >&2; exit 1; }
+
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+tag=${1:-localhost/kproxy:$version}
+bash build/static.sh >/dev/null
+
+b() { buildah --storage-driver "${STORAGE_DRIVER:-vfs}" "$@"; }
+b bud --isolation "${ISOLATION:-chroot}" -f Containerfile -t "$tag" . >&2
+rm -f build/out/kproxy-image.tar
+b push "$tag" "oci-archive:build/out/kproxy-image.tar:$tag" >&2
+
+# The image runs: its entrypoint prints the version.
+ctr=$(b from "$tag")
+trap 'b rm "$ctr" >/dev/null 2>&1 || true' EXIT
+b run --isolation "${ISOLATION:-chroot}" "$ctr" -- /kproxy --version >&2
+user=$(b inspect --format '{{.OCIv1.Config.User}}' "$tag")
+[ "$user" = "65532:65532" ] || { echo "image.sh: ERROR: image user is $user" >&2; exit 1; }
+
+echo "image.sh: $tag, $(b images --format '{{.Size}}' "$tag") unpacked, $(du -h build/out/kproxy-image.tar | cut -f1) as OCI archive (build/out/kproxy-image.tar)" >&2
+echo "$tag"

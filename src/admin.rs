@@ -1,0 +1,264 @@
+//! The admin listener (`--admin-address`, off by default): `/healthz`, `/readyz` and `/metrics`, for
+//! probes and scrapers. It never proxies anything and reveals no credential, so in a pod it may listen
+//! on the pod IP (kubelet probes come from there) while the proxy itself stays on `127.0.0.1`.
+//!
+//! - `/healthz` (also `/livez`): `200 ok` while the process serves requests.
+//! - `/metrics`: the Prometheus text format ([`crate::metrics`]).
+//! - `/readyz`: `200 ok`, or `503` with the reason, by this rule:
+//!   1. kproxy is shutting down → not ready;
+//!   2. the most recent credential event is a failure (a refresh that failed, or a request that could
+//!      not be given a credential) → not ready until a later refresh succeeds;
+//!   3. the API server answered a request (any status, 401 and 403 included) within
+//!      [`ANSWER_WINDOW`] → ready;
+//!   4. otherwise readyz probes the API server itself with an authenticated `GET /version` (at most once
+//!      per [`PROBE_INTERVAL`], bounded by [`PROBE_TIMEOUT`]): any HTTP answer → ready, no answer → not
+//!      ready.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::Body;
+use crate::config::{Lifecycle, StartupError};
+use crate::reload::Routers;
+
+/// An upstream answer this recent makes kproxy ready without probing.
+pub const ANSWER_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// The probe's result is reused for this long, so frequent readiness checks cost at most one upstream
+/// request per interval.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long the probe waits for the API server.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Admin connections served at once; probes and scrapes need few.
+pub const MAX_ADMIN_CONNECTIONS: usize = 32;
+
+/// Readiness inputs, updated by observed requests and read by `/readyz`. Times are milliseconds since
+/// `epoch` plus one, so 0 means "never".
+#[derive(Debug)]
+pub struct Health {
+    epoch: Instant,
+    last_answer: AtomicU64,
+    last_credential_ok: AtomicU64,
+    last_credential_failure: AtomicU64,
+    /// The last active probe: when, and its failure (`None`: it got an answer). The lock also keeps
+    /// concurrent readiness checks from probing twice.
+    probe: tokio::sync::Mutex<Option<(Instant, Option<String>)>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_answer: AtomicU64::new(0),
+            last_credential_ok: AtomicU64::new(0),
+            last_credential_failure: AtomicU64::new(0),
+            probe: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl Health {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// The API server answered a request. Returns the time stored (ms since the epoch, plus one).
+    pub fn upstream_answered(&self) -> u64 {
+        let now = self.now();
+        self.last_answer.store(now, Relaxed);
+        now
+    }
+
+    /// A credential refresh succeeded.
+    pub fn credential_ok(&self) {
+        self.last_credential_ok.store(self.now(), Relaxed);
+    }
+
+    /// A credential refresh failed, or a request could not be given a credential.
+    pub fn credential_failed(&self) {
+        self.last_credential_failure.store(self.now(), Relaxed);
+    }
+
+    /// Rule 2: fails while the most recent credential event is a failure.
+    fn credential_verdict(&self) -> Result<(), String> {
+        let failed = self.last_credential_failure.load(Relaxed);
+        if failed > self.last_credential_ok.load(Relaxed) {
+            return Err(format!(
+                "credentials: the last attempt to obtain or refresh the credential failed {}s ago (the log says why); waiting for a refresh to succeed",
+                self.ago(failed).unwrap_or_default().as_secs()
+            ));
+        }
+        Ok(())
+    }
+
+    fn ago(&self, t: u64) -> Option<Duration> {
+        (t > 0).then(|| Duration::from_millis(self.now().saturating_sub(t)))
+    }
+}
+
+/// Whether kproxy is ready, and why not.
+pub async fn readiness(routers: &Routers, lifecycle: &Lifecycle) -> Result<(), String> {
+    let telemetry = routers.telemetry();
+    let health = &telemetry.health;
+    if lifecycle.streams.is_cancelled() {
+        return Err("kproxy is shutting down".to_owned());
+    }
+    health.credential_verdict()?;
+    let answered = health.last_answer.load(Relaxed);
+    if health.ago(answered).is_some_and(|a| a <= ANSWER_WINDOW) {
+        return Ok(());
+    }
+
+    let mut probe = health.probe.lock().await;
+    let fresh = probe
+        .as_ref()
+        .is_some_and(|(at, _)| at.elapsed() < PROBE_INTERVAL);
+    if !fresh {
+        let snapshot = routers.current();
+        let (result, seen) = crate::observe::scoped(tokio::time::timeout(
+            PROBE_TIMEOUT,
+            snapshot.router.proxy().probe(),
+        ))
+        .await;
+        telemetry.apply(&seen);
+        let failure = match result {
+            Ok(Ok(_status)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {PROBE_TIMEOUT:?}")),
+        };
+        *probe = Some((Instant::now(), failure));
+        // The probe may have tried (and failed) to refresh the credential.
+        health.credential_verdict()?;
+    }
+    match probe.as_ref().and_then(|(_, f)| f.clone()) {
+        None => Ok(()),
+        Some(failure) => {
+            let since = match health.ago(answered) {
+                Some(a) => format!("for {}s", a.as_secs()),
+                None => "since start".to_owned(),
+            };
+            Err(format!(
+                "upstream: no answer from the API server {since}, and GET /version failed: {failure}"
+            ))
+        }
+    }
+}
+
+/// Binds the admin listener named by `--admin-address`.
+pub async fn bind(address: &str) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| StartupError::Bind {
+            addr: format!("admin tcp {address}"),
+            source,
+        })
+}
+
+/// Serves admin requests on `listener` until `stop` fires.
+pub async fn serve(
+    listener: TcpListener,
+    routers: Arc<Routers>,
+    lifecycle: Lifecycle,
+    stop: CancellationToken,
+) {
+    let limit = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let routers = routers.clone();
+        let lifecycle = lifecycle.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let routers = routers.clone();
+                let lifecycle = lifecycle.clone();
+                async move { Ok::<_, Infallible>(answer(req, &routers, &lifecycle).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {}
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(Body::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    routers: &Routers,
+    lifecycle: &Lifecycle,
+) -> Response<Body> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut resp = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are served here\n".to_owned(),
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    match req.uri().path() {
+        "/healthz" | "/livez" => text(StatusCode::OK, "ok\n".to_owned()),
+        "/readyz" => match readiness(routers, lifecycle).await {
+            Ok(()) => text(StatusCode::OK, "ok\n".to_owned()),
+            Err(reason) => {
+                let mut body = String::new();
+                let _ = writeln!(body, "not ready: {reason}");
+                text(StatusCode::SERVICE_UNAVAILABLE, body)
+            }
+        },
+        "/metrics" => {
+            let mut resp = text(StatusCode::OK, routers.telemetry().metrics.render());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            resp
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: the admin listener serves /healthz, /readyz and /metrics\n".to_owned(),
+        ),
+    }
+}
