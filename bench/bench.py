@@ -510,6 +510,83 @@ class Bench:
 
 
 # --------------------------------------------------------------------------------------------------
+# link order (subcommand)
+
+
+def callgrind_functions(path):
+    """Functions that executed, in order of first appearance in a callgrind dump (names as in the
+    binary's symbol table: run valgrind with --demangle=no). Names are compressed: `fn=(id) name` or
+    `cfn=(id) name` the first time, `fn=(id)` after that."""
+    import re
+    names, seen, out = {}, set(), []
+    with open(path, errors="replace") as f:
+        for line in f:
+            m = re.match(r"^(c?fn)=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
+            if not m:
+                continue
+            kind, ident, name = m.groups()
+            if name:
+                names[ident] = name
+            if kind == "fn" and ident in names and names[ident] not in seen:
+                seen.add(names[ident])
+                out.append(names[ident])
+    return out
+
+
+def main_link_order(args):
+    """Writes the symbol ordering file that the release link uses (see build.rs): every function that runs
+    from exec to the startup line first, then those that serve GETs, a LIST and a watch. Code is mapped in
+    64 KiB blocks, so scattered startup code made most of the binary's text resident; grouped, it takes
+    a few blocks."""
+    binary = os.path.abspath(args.kproxy)
+    syms = set()
+    for line in run(["nm", "--defined-only", binary], 60).stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in "tT":
+            syms.add(parts[2])
+    if not syms:
+        sys.exit("bench: the binary has no symbol table: build it with "
+                 "`cargo rustc --release --locked --bin kproxy -- -C strip=none`")
+    a = argparse.Namespace(server_cpu=None, load_cpu=None, max_seconds=300, keep_tmp=False,
+                           kproxy=binary, kubectl="kubectl")
+    b = Bench(a)
+    try:
+        b.setup()
+        out = os.path.join(b.tmp, "callgrind.out")
+        env = dict(os.environ)
+        env.pop("KUBECONFIG", None)
+        p = b.spawn(["valgrind", "--tool=callgrind", "--demangle=no", f"--callgrind-out-file={out}",
+                     binary, "--kubeconfig", b.kubeconfig, "--port=0"], None,
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        line = p.stdout.readline()
+        if not line.startswith("Starting to serve on "):
+            sys.exit(f"bench: kproxy did not start under valgrind: {line!r}")
+        port = int(line.rsplit(":", 1)[1])
+        time.sleep(0.5)
+        run(["callgrind_control", "--dump=startup", str(p.pid)], 60)
+        base = f"http://127.0.0.1:{port}"
+        for path in ["/version"] * 20 + ["/api/v1/pods", "/api/v1/namespaces/bench/blob", "/nope"]:
+            run(["curl", "-s", "-o", "/dev/null", "--max-time", "30", base + path], 40)
+        run(["curl", "-s", "-o", "/dev/null", "--max-time", "2",
+             base + "/api/v1/namespaces/bench/pods?watch=true"], 10)
+        run(["wrk", "-t1", "-c16", "-d2s", base + "/version"], 30)
+        stop(p, timeout=30)
+        dumps = sorted(f for f in os.listdir(b.tmp) if f.startswith("callgrind.out"))
+        startup = [f for f in dumps if f != "callgrind.out"]
+        order, seen = [], set()
+        for f in startup + ["callgrind.out"]:
+            for name in callgrind_functions(os.path.join(b.tmp, f)):
+                if name in syms and name not in seen:
+                    seen.add(name)
+                    order.append(name)
+        with open(args.out, "w") as f:
+            f.write("\n".join(order) + "\n")
+        log(f"{len(order)} functions written to {args.out}")
+    finally:
+        b.cleanup()
+
+
+# --------------------------------------------------------------------------------------------------
 # reporting
 
 METRICS = [
@@ -698,9 +775,14 @@ def main():
     c.add_argument("--port", type=int, required=True)
     c.add_argument("--n", type=int, default=1000)
     c.add_argument("--timeout", type=int, default=60)
+    o = sub.add_parser("link-order", help="regenerate the release link's symbol order (bench/link-order.sh)")
+    o.add_argument("--kproxy", required=True, help="a release build with its symbol table")
+    o.add_argument("--out", required=True)
     args = ap.parse_args()
     if args.cmd == "run":
         main_run(args)
+    elif args.cmd == "link-order":
+        main_link_order(args)
     elif args.cmd == "watch-server":
         asyncio.run(watch_server(args))
     else:

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Regenerates link/symbol-order.txt, the order in which the release link places functions (see build.rs),
+# from a callgrind run of the current code: startup first, then GETs, a LIST, a download and a watch
+# against the benchmark's nginx upstream. Run it after dependency or toolchain updates (symbol names carry
+# hashes of both), then `cargo build --release`. Needs valgrind, nginx, curl, wrk and openssl.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$here/.."
+export PATH="$PATH:/usr/sbin"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+# The same build as `cargo build --release` (same symbol names), keeping the symbol table.
+cargo rustc --release --locked --bin kproxy -- -C strip=none >&2
+cp target/release/kproxy "$tmp/kproxy-symbols"
+python3 "$here/bench.py" link-order --kproxy "$tmp/kproxy-symbols" --out link/symbol-order.txt
+cargo build --release --locked >&2
