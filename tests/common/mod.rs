@@ -686,6 +686,16 @@ impl Kproxy {
     /// Starts kproxy with these flags (without the program name). The listen flags are replaced by
     /// `127.0.0.1:0`. `env` is the only environment kproxy sees.
     pub async fn start(args: &[&str], env: MapEnv) -> Result<Kproxy, kproxy::StartupError> {
+        Kproxy::start_with(args, env, |_| {}).await
+    }
+
+    /// [`Kproxy::start`], letting `tweak` adjust the validated configuration first (refresh timings,
+    /// poll intervals: the knobs tests shorten instead of waiting).
+    pub async fn start_with(
+        args: &[&str],
+        env: MapEnv,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Result<Kproxy, kproxy::StartupError> {
         let cli = Cli::try_parse_from(std::iter::once("kproxy").chain(args.iter().copied()))
             .map_err(|e| kproxy::StartupError::Usage(e.to_string()))?;
         let mut config = Config::from_cli(&cli, &env)?;
@@ -693,6 +703,7 @@ impl Kproxy {
             address: "127.0.0.1".into(),
             port: 0,
         };
+        tweak(&mut config);
         let listener = Listener::bind(&config.listen).await?;
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();

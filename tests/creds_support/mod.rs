@@ -10,22 +10,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use clap::Parser;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use kproxy::cli::Cli;
-use kproxy::config::{Config, Lifecycle, Listen};
+use kproxy::config::Config;
 use kproxy::env::MapEnv;
-use kproxy::server::Listener;
 use rustls_pki_types::pem::PemObject;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
 
-use crate::common::{Pki, WAIT};
+use crate::common::Pki;
 
 /// The host name tests give the API server when it must not look like loopback (so environment
 /// proxies apply). Both fake proxies resolve it to 127.0.0.1; the system resolver does not know it.
@@ -34,12 +30,8 @@ pub const REMOTE_HOST: &str = "kubernetes.test";
 // ---------------------------------------------------------------------------------------------------
 // kproxy in process, with a hook on the validated Config
 
-/// kproxy running in this process on 127.0.0.1:0.
-pub struct Running {
-    pub url: String,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
+/// kproxy running in this process (the common test bed's handle).
+pub type Running = crate::common::Kproxy;
 
 /// Starts kproxy with `args` and `env`, letting `tweak` adjust the validated configuration first (the
 /// refresh timings are set this way).
@@ -48,33 +40,7 @@ pub async fn start_with(
     env: MapEnv,
     tweak: impl FnOnce(&mut Config),
 ) -> Result<Running, kproxy::StartupError> {
-    let cli = Cli::try_parse_from(std::iter::once("kproxy").chain(args.iter().copied()))
-        .map_err(|e| kproxy::StartupError::Usage(e.to_string()))?;
-    let mut config = Config::from_cli(&cli, &env)?;
-    config.listen = Listen::Tcp {
-        address: "127.0.0.1".into(),
-        port: 0,
-    };
-    tweak(&mut config);
-    let listener = Listener::bind(&config.listen).await?;
-    let addr = listener.local_addr().unwrap();
-    // Everything that reads credentials happens here, before this returns, as in main.rs: build errors
-    // (unreadable keys, bad plugins) surface now, and a test may change files on disk right after.
-    let lifecycle = Lifecycle::new(&config);
-    let router = kproxy::config::build_router(&config, &lifecycle)?;
-    let ops = kproxy::Ops::prepare(&config).await?;
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = rx.await;
-        };
-        kproxy::serve(config, listener, ops, router, lifecycle, shutdown).await;
-    });
-    Ok(Running {
-        url: format!("http://127.0.0.1:{}", addr.port()),
-        shutdown: Some(tx),
-        task: Some(task),
-    })
+    Running::start_with(args, env, tweak).await
 }
 
 /// [`start_with`] for a kubeconfig and an environment.
@@ -83,17 +49,6 @@ pub async fn start_kc(kc: &Path, env: MapEnv, tweak: impl FnOnce(&mut Config)) -
     start_with(&[arg.as_str()], env, tweak)
         .await
         .expect("kproxy failed to start")
-}
-
-impl Running {
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(WAIT, task).await;
-        }
-    }
 }
 
 /// An environment with a usable PATH for plugin scripts.
