@@ -1,6 +1,6 @@
 //! The real kubectl (v1.32) runs exec, attach and port-forward through kproxy against the fake API
 //! server, which speaks the real handshakes: WebSocket `v5.channel.k8s.io` for exec and attach, SPDY/3.1
-//! (plain, or tunnelled in WebSocket) for port-forward. Skipped, loudly, where kubectl is not installed.
+//! (plain, or tunnelled in WebSocket) for port-forward. Fails when kubectl is not installed: CI has it.
 mod common;
 
 use std::path::PathBuf;
@@ -11,19 +11,16 @@ use common::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
-fn kubectl() -> Option<PathBuf> {
+fn kubectl() -> PathBuf {
     let path = std::env::var_os("KPROXY_TEST_KUBECTL")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/kubectl"));
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!(
-            "SKIPPED: kubectl not found at {} (set KPROXY_TEST_KUBECTL)",
-            path.display()
-        );
-        None
-    }
+    assert!(
+        path.exists(),
+        "kubectl not found at {}: these tests need the real kubectl (v1.32); install it or set KPROXY_TEST_KUBECTL",
+        path.display()
+    );
+    path
 }
 
 struct Bed {
@@ -86,7 +83,7 @@ async fn output(mut cmd: Command, stdin: Option<&[u8]>) -> (i32, String, String)
 
 #[tokio::test]
 async fn kubectl_exec_runs_over_websocket_through_kproxy() {
-    let Some(bin) = kubectl() else { return };
+    let bin = kubectl();
     let bed = bed(&["--reject-paths="]).await;
     let (code, out, err) = output(
         bed.kubectl(&bin, &["exec", "web", "--", "echo", "hello"]),
@@ -100,7 +97,7 @@ async fn kubectl_exec_runs_over_websocket_through_kproxy() {
 
 #[tokio::test]
 async fn kubectl_exec_with_stdin_streams_both_ways() {
-    let Some(bin) = kubectl() else { return };
+    let bin = kubectl();
     let bed = bed(&["--reject-paths="]).await;
     let (code, out, err) = output(
         bed.kubectl(&bin, &["exec", "-i", "web", "--", "cat"]),
@@ -114,7 +111,7 @@ async fn kubectl_exec_with_stdin_streams_both_ways() {
 
 #[tokio::test]
 async fn kubectl_attach_runs_through_kproxy() {
-    let Some(bin) = kubectl() else { return };
+    let bin = kubectl();
     let bed = bed(&["--disable-filter"]).await;
     let (code, out, err) = output(bed.kubectl(&bin, &["attach", "web", "-c", "main"]), None).await;
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
@@ -127,7 +124,7 @@ async fn kubectl_attach_runs_through_kproxy() {
 
 #[tokio::test]
 async fn kubectl_exec_is_rejected_by_default_and_says_why() {
-    let Some(bin) = kubectl() else { return };
+    let bin = kubectl();
     let bed = bed(&[]).await;
     let (code, out, err) = output(bed.kubectl(&bin, &["exec", "web", "--", "true"]), None).await;
     assert_ne!(code, 0, "stdout: {out}");
@@ -141,7 +138,7 @@ async fn kubectl_exec_is_rejected_by_default_and_says_why() {
 /// Runs `kubectl port-forward` with `KUBECTL_PORT_FORWARD_WEBSOCKETS=websockets` and checks that
 /// echoes come back and that the upgrade was `expect_upgrade` (WebSocket or SPDY/3.1).
 async fn port_forward(websockets: Option<&str>, expect_upgrade: &str) {
-    let Some(bin) = kubectl() else { return };
+    let bin = kubectl();
     let bed = bed(&[]).await;
     let mut cmd = bed.kubectl(&bin, &["port-forward", "pod/web", ":80"]);
     if let Some(v) = websockets {
