@@ -64,16 +64,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     upgrade
 }
 
-/// Whether a request asks for a protocol upgrade: any `Connection` value containing `upgrade`
-/// (case-insensitively), as apimachinery's `httpstream.IsUpgradeRequest` decides.
-pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .windows(7)
-            .any(|w| w.eq_ignore_ascii_case(b"upgrade"))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,7 +99,6 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(is_upgrade_request(&h));
         assert!(strip_hop_by_hop(&mut h));
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
         assert!(!h.contains_key(header::UPGRADE));

@@ -341,13 +341,4 @@ impl StreamLanes {
         lane.open.fetch_add(1, Ordering::AcqRel);
         (lane.client.clone(), LaneLease(lane.open.clone()))
     }
-
-    /// Open long-running requests per lane, for tests and diagnostics.
-    pub fn occupancy(&self) -> Vec<usize> {
-        let lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        lanes
-            .iter()
-            .map(|l| l.open.load(Ordering::Acquire))
-            .collect()
-    }
 }
