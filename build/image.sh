@@ -18,12 +18,9 @@ b bud --isolation "${ISOLATION:-chroot}" -f Containerfile -t "$tag" . >&2
 rm -f build/out/kproxy-image.tar
 b push "$tag" "oci-archive:build/out/kproxy-image.tar:$tag" >&2
 
-# The image runs: its entrypoint prints the version.
-ctr=$(b from "$tag")
-trap 'b rm "$ctr" >/dev/null 2>&1 || true' EXIT
-b run --isolation "${ISOLATION:-chroot}" "$ctr" -- /kproxy --version >&2
-user=$(b inspect --format '{{.OCIv1.Config.User}}' "$tag")
-[ "$user" = "65532:65532" ] || { echo "image.sh: ERROR: image user is $user" >&2; exit 1; }
-
+# The image runs: its entrypoint binary, taken out of the OCI archive's layers, prints the version, and
+# the config says who it runs as. Checked on the host rather than with `buildah run`, which needs a
+# container runtime this sandbox may not allow (CI saw "sealing memfd copy: Device or resource busy").
+python3 build/check_image.py build/out/kproxy-image.tar >&2
 echo "image.sh: $tag, $(b images --format '{{.Size}}' "$tag") unpacked, $(du -h build/out/kproxy-image.tar | cut -f1) as OCI archive (build/out/kproxy-image.tar)" >&2
 echo "$tag"
