@@ -237,6 +237,8 @@ fn assert_same(name: &str, k: &Outcome, p: &Outcome) {
             assert_eq!(a.method, b.method, "{name}: method");
             assert_eq!(a.uri, b.uri, "{name}: path and query");
             assert_eq!(a.version, b.version, "{name}: HTTP version upstream");
+            // The server follows the client's order: both offer AES-128-GCM first.
+            assert_eq!(a.cipher_suite, b.cipher_suite, "{name}: TLS cipher suite");
             assert_eq!(a.body_len, b.body_len, "{name}: body length");
             assert_eq!(headers_of(a), headers_of(b), "{name}: upstream headers");
         }

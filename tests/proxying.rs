@@ -488,6 +488,12 @@ async fn upstream_client_negotiates_h2_and_reuses_one_connection() {
         assert_eq!(status, 200);
     }
     assert!(api.recorded().iter().all(|r| r.version == Version::HTTP_2));
+    // The fake server follows the client's cipher order; kproxy offers AES-128-GCM first, as client-go
+    // does (tests/kubectl_compat.rs compares the two).
+    assert!(api
+        .recorded()
+        .iter()
+        .all(|r| r.cipher_suite.as_deref() == Some("TLS13_AES_128_GCM_SHA256")));
     assert_eq!(
         api.connections.load(std::sync::atomic::Ordering::SeqCst),
         1,

@@ -174,6 +174,9 @@ pub struct Recorded {
     pub headers: HeaderMap,
     /// DER of the client certificate presented on the connection, if any.
     pub peer_cert: Option<Vec<u8>>,
+    /// The TLS cipher suite the connection negotiated (`TLS13_AES_128_GCM_SHA256`, ...). The server
+    /// follows the client's order, so this is the client's first choice.
+    pub cipher_suite: Option<String>,
     pub body_len: u64,
 }
 
@@ -393,15 +396,19 @@ impl FakeApiBuilder {
                             let Ok(tls) = acceptor.accept(tcp).await else {
                                 return;
                             };
-                            let peer = tls
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|c| c.first())
-                                .map(|c| c.to_vec());
+                            let session = &tls.get_ref().1;
+                            let peer = TlsSeen {
+                                peer_cert: session
+                                    .peer_certificates()
+                                    .and_then(|c| c.first())
+                                    .map(|c| c.to_vec()),
+                                cipher_suite: session
+                                    .negotiated_cipher_suite()
+                                    .map(|s| format!("{:?}", s.suite())),
+                            };
                             serve_conn(TokioIo::new(tls), state, peer).await;
                         }
-                        None => serve_conn(TokioIo::new(tcp), state, None).await,
+                        None => serve_conn(TokioIo::new(tcp), state, TlsSeen::default()).await,
                     }
                 });
             }
@@ -430,7 +437,14 @@ struct State {
     opened_tx: mpsc::UnboundedSender<String>,
 }
 
-async fn serve_conn<I>(io: I, state: Arc<State>, peer: Option<Vec<u8>>)
+/// What the server learnt from a connection's TLS handshake.
+#[derive(Clone, Default)]
+struct TlsSeen {
+    peer_cert: Option<Vec<u8>>,
+    cipher_suite: Option<String>,
+}
+
+async fn serve_conn<I>(io: I, state: Arc<State>, peer: TlsSeen)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -444,7 +458,7 @@ where
     let _ = builder.serve_connection_with_upgrades(io, svc).await;
 }
 
-fn record(req: &Request<Incoming>, peer: Option<Vec<u8>>) -> Recorded {
+fn record(req: &Request<Incoming>, peer: TlsSeen) -> Recorded {
     Recorded {
         method: req.method().clone(),
         uri: req
@@ -454,16 +468,13 @@ fn record(req: &Request<Incoming>, peer: Option<Vec<u8>>) -> Recorded {
             .unwrap_or_default(),
         version: req.version(),
         headers: req.headers().clone(),
-        peer_cert: peer,
+        peer_cert: peer.peer_cert,
+        cipher_suite: peer.cipher_suite,
         body_len: 0,
     }
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    state: Arc<State>,
-    peer: Option<Vec<u8>>,
-) -> Response<BoxBody> {
+async fn handle(req: Request<Incoming>, state: Arc<State>, peer: TlsSeen) -> Response<BoxBody> {
     let rec = record(&req, peer);
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
