@@ -108,6 +108,13 @@ impl Proxy {
             return Ok(resp);
         }
         let long_running = is_long_running(path, uri.query());
+        let class = if long_running {
+            Class::LongRunning
+        } else if is_bulk_read(req.method(), path) {
+            Class::Bulk
+        } else {
+            Class::Ordinary
+        };
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
         // The pooled client picks HTTP/1.1 or HTTP/2 per connection; the client's version is irrelevant.
@@ -115,7 +122,7 @@ impl Proxy {
         let retry = replay.map(|headers| (parts.method.clone(), parts.uri.clone(), headers));
         let upstream_req = Request::from_parts(parts, Body::upstream(body));
         // A long-running request takes a lane, held (through the body) until the response is dropped.
-        let (mut resp, mut lease) = self.send(upstream_req, long_running).await?;
+        let (mut resp, mut lease) = self.send(upstream_req, class).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             if let Some(used) = used {
                 self.auth.credentials.rejected(used);
@@ -127,7 +134,7 @@ impl Proxy {
                         *again.method_mut() = method;
                         *again.uri_mut() = uri;
                         *again.headers_mut() = headers;
-                        (resp, lease) = self.send(again, long_running).await?;
+                        (resp, lease) = self.send(again, class).await?;
                         if resp.status() == StatusCode::UNAUTHORIZED {
                             if let Some(renewed) = renewed {
                                 self.auth.credentials.rejected(renewed);
@@ -149,19 +156,22 @@ impl Proxy {
         Ok(Response::from_parts(parts, body))
     }
 
-    /// Sends one request through the current connection pool; a long-running request goes on a lane
-    /// (see [`crate::upstream`]) and gets the lease that holds its place there.
+    /// Sends one request through the current connection pool: a long-running request goes on a lane
+    /// (see [`crate::upstream`]) and gets the lease that holds its place there, a bulk read goes over
+    /// HTTP/1.1.
     async fn send(
         &self,
         req: Request<Body>,
-        long_running: bool,
+        class: Class,
     ) -> Result<(Response<Incoming>, Option<LaneLease>), ProxyError> {
         let connectors = self.upstream.connectors();
-        let (client, lease) = if long_running {
-            let (client, lease) = connectors.lanes.acquire();
-            (client, Some(lease))
-        } else {
-            (connectors.client.clone(), None)
+        let (client, lease) = match class {
+            Class::LongRunning => {
+                let (client, lease) = connectors.lanes.acquire();
+                (client, Some(lease))
+            }
+            Class::Bulk => (connectors.bulk.clone(), None),
+            Class::Ordinary => (connectors.client.clone(), None),
         };
         let resp = client.request(req).await;
         // ops hook (observe): readiness, metrics and the access log's protocol field.
@@ -217,7 +227,7 @@ impl Proxy {
             .apply(headers)
             .await
             .inspect_err(|_| crate::observe::credential_failed())?;
-        let (resp, _) = self.send(req, false).await?;
+        let (resp, _) = self.send(req, Class::Ordinary).await?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED {
             if let Some(used) = used {
@@ -324,6 +334,50 @@ fn push_ip(out: &mut String, ip: IpAddr) {
     }
 }
 
+/// Which upstream client carries a request (see [`crate::upstream`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Short requests: the shared HTTP/2 connection.
+    Ordinary,
+    /// LISTs, log reads, OpenAPI documents: pooled HTTP/1.1 connections.
+    Bulk,
+    /// Watches and followed logs: the HTTP/2 lanes.
+    LongRunning,
+}
+
+/// Whether a request is a read whose answer can run to megabytes, by the API server's URL grammar: a
+/// LIST (`GET /api/v1/pods`, `/apis/apps/v1/namespaces/ns/deployments`, `/api/v1/namespaces`), a
+/// pod's log (`.../pods/NAME/log`), or an OpenAPI document (`/openapi/...`). Single objects, discovery,
+/// subresources other than `log`, and anything that is not a GET are not.
+pub fn is_bulk_read(method: &http::Method, path: &str) -> bool {
+    if method != http::Method::GET {
+        return false;
+    }
+    // Up to 8 segments; a path with more (e.g. a service proxy's) is not a bulk read.
+    let mut seg = [""; 8];
+    let mut n = 0;
+    for s in path.strip_prefix('/').unwrap_or(path).split('/') {
+        if n == seg.len() {
+            return false;
+        }
+        seg[n] = s;
+        n += 1;
+    }
+    let rest = match &seg[..n] {
+        ["openapi", ..] => return true,
+        ["api", _version, rest @ ..] => rest,
+        ["apis", _group, _version, rest @ ..] => rest,
+        _ => return false,
+    };
+    match rest {
+        // A resource name is never empty: `/api/v1/` (discovery) and `/api/v1/pods/` are not LISTs.
+        [resource] => !resource.is_empty(),
+        ["namespaces", _namespace, resource] => !resource.is_empty(),
+        ["namespaces", _namespace, "pods", _name, "log"] => true,
+        _ => false,
+    }
+}
+
 /// Whether a request is long-running in the API server's sense, so that shutdown ends it instead of
 /// waiting: watches (`?watch=true`, `/watch/` paths) and followed logs.
 pub fn is_long_running(path: &str, query: Option<&str>) -> bool {
@@ -344,6 +398,51 @@ pub fn is_long_running(path: &str, query: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bulk_reads_follow_the_api_url_grammar() {
+        let get = &http::Method::GET;
+        for path in [
+            "/api/v1/pods",
+            "/api/v1/namespaces",
+            "/api/v1/namespaces/default/configmaps",
+            "/apis/apps/v1/deployments",
+            "/apis/apps/v1/namespaces/ns/deployments",
+            "/api/v1/namespaces/ns/pods/p/log",
+            "/openapi/v2",
+            "/openapi/v3/apis/apps/v1",
+        ] {
+            assert!(is_bulk_read(get, path), "{path}");
+        }
+        for path in [
+            "/version",
+            "/api",
+            "/api/v1",
+            "/api/v1/",
+            "/apis",
+            "/apis/apps",
+            "/apis/apps/v1",
+            "/api/v1/pods/",
+            "/api/v1/namespaces/default",
+            "/api/v1/namespaces/default/pods/p",
+            "/api/v1/namespaces/default/pods/p/status",
+            "/api/v1/namespaces/default/pods/p/exec",
+            "/api/v1/namespaces/ns/services/s:80/proxy/a/b/c/d",
+            "/apis/apps/v1/namespaces/ns/deployments/d/scale",
+            "/healthz",
+            "",
+        ] {
+            assert!(!is_bulk_read(get, path), "{path}");
+        }
+        assert!(!is_bulk_read(
+            &http::Method::POST,
+            "/api/v1/namespaces/ns/pods"
+        ));
+        assert!(!is_bulk_read(
+            &http::Method::DELETE,
+            "/api/v1/namespaces/ns/pods"
+        ));
+    }
 
     #[test]
     fn h2c_alone_is_not_an_upgrade() {

@@ -576,8 +576,10 @@ async fn access_log_text_has_one_line_per_request_and_no_credential() {
     assert_eq!(pods[4], "0");
     assert!(pods[5].parse::<u64>().unwrap() > 0);
     assert!(pods[6].parse::<f64>().is_ok());
-    assert_eq!(pods[7], "h2");
+    // A LIST is a bulk read: HTTP/1.1 upstream; /version goes over the shared HTTP/2 connection.
+    assert_eq!(pods[7], "http/1.1");
     assert_eq!(lines[1][2], "/version?access_token=REDACTED&x=1");
+    assert_eq!(lines[1][7], "h2");
     assert_eq!(lines[2][1], "POST");
     assert_eq!(lines[2][4], "22");
     assert_eq!(lines[3][3], "403");

@@ -479,7 +479,7 @@ async fn server_path_is_appended_only_with_the_flag() {
 async fn upstream_client_negotiates_h2_and_reuses_one_connection() {
     let api = FakeApi::builder().start().await;
     let kp = token_proxy(&api, &[]).await;
-    let url = format!("{}/api/v1/pods", kp.url);
+    let url = format!("{}/api/v1/namespaces/default/pods/p", kp.url);
     for _ in 0..5 {
         assert_eq!(get(&url).await.0, 200);
     }
@@ -498,6 +498,70 @@ async fn upstream_client_negotiates_h2_and_reuses_one_connection() {
         api.connections.load(std::sync::atomic::Ordering::SeqCst),
         1,
         "15 requests should share one HTTP/2 connection"
+    );
+    kp.stop().await;
+}
+
+#[tokio::test]
+async fn bulk_reads_use_pooled_http1_connections_and_the_rest_http2() {
+    const BIG: usize = 3 * 1024 * 1024 + 7;
+    let api = FakeApi::builder()
+        .route("/api/v1/namespaces/big/configmaps", |_, _| async {
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(full(pattern(BIG)))
+                .unwrap()
+        })
+        .start()
+        .await;
+    let kp = token_proxy(&api, &[]).await;
+    let version_of = |path: &str| {
+        let rec = api
+            .recorded()
+            .into_iter()
+            .rev()
+            .find(|r| r.uri == path)
+            .unwrap_or_else(|| panic!("{path} did not reach the server"));
+        rec.version
+    };
+    // Bulk reads: LISTs, logs, OpenAPI documents.
+    for path in [
+        "/api/v1/pods",
+        "/api/v1/namespaces/default/pods?limit=500",
+        "/apis/apps/v1/deployments",
+        "/api/v1/namespaces/default/pods/p/log?container=c",
+        "/openapi/v2",
+    ] {
+        assert_eq!(get(&format!("{}{path}", kp.url)).await.0, 200, "{path}");
+        assert_eq!(version_of(path), Version::HTTP_11, "{path}");
+    }
+    // Everything else: single objects, discovery, writes.
+    for path in ["/api/v1/namespaces/default/pods/p", "/api/v1", "/version"] {
+        assert_eq!(get(&format!("{}{path}", kp.url)).await.0, 200, "{path}");
+        assert_eq!(version_of(path), Version::HTTP_2, "{path}");
+    }
+    let post = Request::post(format!("{}/api/v1/namespaces/default/pods", kp.url))
+        .body(full("{}"))
+        .unwrap();
+    assert_eq!(send(post).await.status(), 200);
+    assert_eq!(
+        api.last().version,
+        Version::HTTP_2,
+        "a POST to a collection"
+    );
+    // The eight sequential bulk and ordinary requests above used one connection of each kind.
+    assert_eq!(api.connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // Concurrent LISTs each get a connection and arrive whole.
+    let url = format!("{}/api/v1/namespaces/big/configmaps", kp.url);
+    let lists: Vec<_> = (0..3).map(|_| get(&url)).collect();
+    for (status, _, body) in futures_util::future::join_all(lists).await {
+        assert_eq!(status, 200);
+        assert_eq!(body.len(), BIG);
+        assert!(body[..] == pattern(BIG)[..], "LIST body corrupted");
+    }
+    assert_eq!(
+        version_of("/api/v1/namespaces/big/configmaps"),
+        Version::HTTP_11
     );
     kp.stop().await;
 }

@@ -533,9 +533,12 @@ async fn handle(req: Request<Incoming>, state: Arc<State>, peer: TlsSeen) -> Res
     }
     rec.body_len = len;
     state.recorded.lock().unwrap().push(rec.clone());
+    // Without `Host`: HTTP/1.1 carries the authority there, HTTP/2 in `:authority`, and kproxy sends bulk
+    // reads over HTTP/1.1 where kubectl uses HTTP/2; the echo should not differ for that alone.
     let headers: HashMap<String, Vec<String>> = rec
         .headers
         .keys()
+        .filter(|k| *k != http::header::HOST)
         .map(|k| (k.as_str().to_owned(), rec.header_all(k.as_str())))
         .collect();
     let echo = serde_json::json!({
