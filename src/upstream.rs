@@ -208,25 +208,16 @@ fn build(
 ) -> Connectors {
     let config = tls.client_config();
     let server_name = tls.server_name().cloned();
-    let client = pooled_client(
-        https(
-            &config,
-            server_name.as_ref(),
-            http2,
-            egress(tls, route, Some(TCP_KEEPALIVE)),
-        ),
-        stats.clone(),
-    );
+    let pooled = |http2| {
+        let dial = egress(tls, route, Some(TCP_KEEPALIVE));
+        pooled_client(
+            https(&config, server_name.as_ref(), http2, dial),
+            stats.clone(),
+        )
+    };
+    let client = pooled(http2);
     // Bulk reads: HTTP/1.1 keep-alive connections, one per concurrent read, same TLS material and route.
-    let bulk = pooled_client(
-        https(
-            &config,
-            server_name.as_ref(),
-            false,
-            egress(tls, route, Some(TCP_KEEPALIVE)),
-        ),
-        stats.clone(),
-    );
+    let bulk = pooled(false);
     // Long-running requests get clients of their own, dialled exactly like the ordinary one.
     let lanes = {
         let (tls, route) = (tls.clone(), route.clone());
