@@ -31,6 +31,11 @@ pub const MAX_HEADERS: usize = 256;
 pub const MAX_HEAD_BYTES: usize = 1024 * 1024;
 /// How long a client may take to send request headers before its connection is closed.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The listen backlog asked for: as Go does (so kubectl proxy), the kernel's `net.core.somaxconn`, to
+/// which Linux silently caps any larger value (65,535 is Go's cap too). The standard library and mio
+/// ask for 128, and a burst of more connections than that (a controller starting its informers) sees
+/// dropped SYNs and one-second retransmits.
+pub const LISTEN_BACKLOG: u32 = 65_535;
 
 /// A bound listener.
 pub enum Listener {
@@ -111,10 +116,19 @@ async fn bind_tcp(address: &str, port: u16) -> Result<Listener, StartupError> {
                 .ok_or_else(|| err(std::io::Error::other("the name resolves to no address")))?
         }
     };
-    TcpListener::bind(addr)
-        .await
-        .map(Listener::Tcp)
-        .map_err(err)
+    listen_tcp(addr).map(Listener::Tcp).map_err(err)
+}
+
+/// `TcpListener::bind` with [`LISTEN_BACKLOG`] (and, like it, `SO_REUSEADDR`).
+fn listen_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Binds a unix socket that only the owner can use. The socket is created inside a fresh 0700 directory
@@ -145,7 +159,9 @@ fn bind_unix(path: &Path) -> std::io::Result<Listener> {
     std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
     let result = (|| {
         let tmp = staging.join("s");
-        let listener = UnixListener::bind(&tmp)?;
+        let socket = tokio::net::UnixSocket::new_stream()?;
+        socket.bind(&tmp)?;
+        let listener = socket.listen(LISTEN_BACKLOG)?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
         std::fs::rename(&tmp, path)?;
         Ok(listener)

@@ -356,6 +356,61 @@ async fn unix_socket_is_owner_only_filtered_and_removed_on_exit() {
     assert!(!sock.exists(), "the socket must be removed on exit");
 }
 
+/// The backlog of the listening socket on the line of `ss`'s output that contains `needle` (the
+/// Send-Q column is the backlog for listeners).
+fn listen_backlog(ss_args: &[&str], needle: &str) -> u32 {
+    let out = std::process::Command::new("ss")
+        .args(ss_args)
+        .output()
+        .expect(
+            "ss (iproute2) is needed to read a listener's backlog: apt-get install -y iproute2",
+        );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text.lines().find(|l| l.contains(needle)).unwrap_or("");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // TCP: `LISTEN 0 4096 127.0.0.1:PORT ...`; unix: `u_str LISTEN 0 4096 PATH ...`.
+    let at = fields
+        .iter()
+        .position(|f| *f == "LISTEN")
+        .unwrap_or_else(|| panic!("no listener in `ss {ss_args:?}`: {text:?}"));
+    fields[at + 2].parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_backlog_is_somaxconn_as_in_go() {
+    // Go (so kubectl proxy) listens with the kernel's net.core.somaxconn, capped at 65,535; Rust's
+    // standard library and mio ask for 128.
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let want = somaxconn.min(65_535);
+    assert!(
+        want > 128,
+        "somaxconn {somaxconn}: this check needs more than 128"
+    );
+    let api = FakeApi::builder().start().await;
+    let kc = kubeconfig_for(&api, "kc.yaml", "token: t");
+    let kc = format!("--kubeconfig={}", kc.display());
+    let kp = KproxyProcess::spawn(&["--port=0", &kc], &[]);
+    let sport = format!("sport = :{}", kp.port());
+    assert_eq!(
+        listen_backlog(&["-Hltn", &sport], "LISTEN"),
+        want,
+        "TCP listener"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("kproxy.sock");
+    let sock_arg = sock.display().to_string();
+    let kp = KproxyProcess::spawn(&["-u", &sock_arg, &kc], &[]);
+    // The kernel names a unix socket by the path it was bound at: kproxy binds in a staging directory
+    // beside the final path and renames it into place.
+    let bound_in = dir.path().join(".kproxy-").display().to_string();
+    assert_eq!(listen_backlog(&["-Hlx"], &bound_in), want, "unix socket");
+    drop(kp);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_socket_is_replaced_and_other_files_are_refused() {
     let api = FakeApi::builder().start().await;
