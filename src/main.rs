@@ -93,6 +93,9 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// SIGTERM or SIGINT. The handlers are registered when this is called (not when first polled), so no
 /// signal between the startup line and serving falls through to the default action.
+///
+/// A second signal during the drain exits at once, with the shell's code for a signal death (130 for
+/// SIGINT, 143 for SIGTERM): whoever presses Ctrl-C twice does not want to wait for `--shutdown-grace`.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
@@ -105,5 +108,15 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
+        tokio::spawn(async move {
+            let code = tokio::select! {
+                _ = term.recv() => 143,
+                _ = int.recv() => 130,
+            };
+            eprintln!(
+                "error: second signal during shutdown: exiting without waiting for open requests"
+            );
+            std::process::exit(code);
+        });
     }
 }

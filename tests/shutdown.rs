@@ -136,6 +136,36 @@ async fn grace_lets_an_in_flight_request_finish_while_new_connections_are_refuse
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_the_drain_at_once() {
+    let (api, mut arrived) = slow_api(Duration::from_secs(120)).await;
+    let kp = spawn(&api, &["--shutdown-grace=60s"]);
+    let url = kp.url();
+    let port = kp.port();
+    let _in_flight = tokio::spawn(async move { get(&format!("{url}/api/v1/slow")).await });
+    tokio::time::timeout(WAIT, arrived.recv())
+        .await
+        .expect("the slow request did not arrive");
+    kp.signal("TERM");
+    // Draining once the listener refuses connections (polled, bounded).
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_ok()
+    {
+        assert!(
+            start.elapsed() < WAIT,
+            "kproxy kept accepting after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    kp.signal("INT");
+    let (code, took) = kp.wait(WAIT);
+    eprintln!("second signal during a 60 s grace: exited after {took:?}");
+    assert_eq!(code, 130, "128 + SIGINT");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grace_period_bounds_a_request_that_takes_too_long() {
     let (api, mut arrived) = slow_api(Duration::from_secs(120)).await;
     let kp = spawn(&api, &["--shutdown-grace=1s"]);
