@@ -10,7 +10,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::upstream::LaneLease;
+use crate::upstream::Lease;
 
 /// Errors a body can end with; the connection is aborted when one occurs mid-stream.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -21,13 +21,18 @@ pub struct Body(Kind);
 enum Kind {
     Full(Option<Bytes>),
     Upstream(Incoming),
+    /// A relayed upstream body holding a place among the bulk connections until it is dropped.
+    Leased {
+        inner: Incoming,
+        _lease: Lease,
+    },
     /// A long-running response (watch, `log?follow`): relayed like `Upstream`, but ended cleanly, as if
     /// the upstream had finished, once `stop` fires at shutdown. Clients re-establish watches anyway.
     Stream {
         inner: Incoming,
         stop: Pin<Box<WaitForCancellationFutureOwned>>,
         /// The request's place on an upstream lane, freed when the body is dropped.
-        _lease: Option<LaneLease>,
+        _lease: Option<Lease>,
     },
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
 }
@@ -49,11 +54,19 @@ impl Body {
         Body(Kind::Upstream(inner))
     }
 
+    /// An upstream body relayed like [`Body::upstream`], holding `lease` until it is dropped.
+    pub fn leased(inner: Incoming, lease: Lease) -> Self {
+        Body(Kind::Leased {
+            inner,
+            _lease: lease,
+        })
+    }
+
     /// An upstream body that ends cleanly when `stop` fires, holding `lease` until it is dropped.
     pub fn stream(
         inner: Incoming,
         stop: WaitForCancellationFutureOwned,
-        lease: Option<LaneLease>,
+        lease: Option<Lease>,
     ) -> Self {
         Body(Kind::Stream {
             inner,
@@ -89,7 +102,9 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().0 {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            Kind::Upstream(inner) | Kind::Leased { inner, .. } => {
+                Pin::new(inner).poll_frame(cx).map_err(Into::into)
+            }
             Kind::Stream { inner, stop, .. } => {
                 if stop.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(None);
@@ -103,7 +118,7 @@ impl http_body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Upstream(inner) => inner.is_end_stream(),
+            Kind::Upstream(inner) | Kind::Leased { inner, .. } => inner.is_end_stream(),
             Kind::Stream { inner, .. } => inner.is_end_stream(),
             Kind::Boxed(inner) => inner.is_end_stream(),
         }
@@ -112,7 +127,7 @@ impl http_body::Body for Body {
     fn size_hint(&self) -> SizeHint {
         match &self.0 {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Upstream(inner) => inner.size_hint(),
+            Kind::Upstream(inner) | Kind::Leased { inner, .. } => inner.size_hint(),
             // A stream may be cut short at shutdown, so it never promises a length.
             Kind::Stream { .. } => SizeHint::default(),
             Kind::Boxed(inner) => inner.size_hint(),

@@ -18,7 +18,7 @@ use crate::error::{chain, ProxyError};
 use crate::headers::strip_hop_by_hop;
 use crate::kubeconfig::Server;
 use crate::upgrade::Upgrader;
-use crate::upstream::{LaneLease, Upstream};
+use crate::upstream::{Lease, Upstream};
 
 /// The `User-Agent` sent when the client sends none (kubectl sends its own in that case).
 pub const USER_AGENT: &str = concat!("kproxy/", env!("CARGO_PKG_VERSION"));
@@ -150,6 +150,8 @@ impl Proxy {
         parts.version = http::Version::HTTP_11;
         let body = if long_running {
             Body::stream(body, self.streams.clone().cancelled_owned(), lease.take())
+        } else if let Some(lease) = lease.take() {
+            Body::leased(body, lease)
         } else {
             Body::upstream(body)
         };
@@ -163,14 +165,18 @@ impl Proxy {
         &self,
         req: Request<Body>,
         class: Class,
-    ) -> Result<(Response<Incoming>, Option<LaneLease>), ProxyError> {
+    ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
         let connectors = self.upstream.connectors();
         let (client, lease) = match class {
             Class::LongRunning => {
                 let (client, lease) = connectors.lanes.acquire();
                 (client, Some(lease))
             }
-            Class::Bulk => (connectors.bulk.clone(), None),
+            // Past BULK_CONNECTIONS bulk reads in flight, the next shares the HTTP/2 connection.
+            Class::Bulk => match self.upstream.bulk_slot() {
+                Some(lease) => (connectors.bulk.clone(), Some(lease)),
+                None => (connectors.client.clone(), None),
+            },
             Class::Ordinary => (connectors.client.clone(), None),
         };
         let resp = client.request(req).await;

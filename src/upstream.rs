@@ -13,9 +13,10 @@
 //! shared HTTP/2 connection such a body is cut into 8–16 KiB DATA frames, each parsed, copied out of the
 //! TLS buffer into the frame decoder and flow-controlled, and it queues the small requests behind it on
 //! the one TCP connection. Bulk reads therefore go over pooled HTTP/1.1 keep-alive connections of their
-//! own, where hyper relays the decrypted bytes as they come. Measured on the benchmark's upstream
-//! (bench/README.md): CPU of proxy plus upstream per 100 MB download 173 → 123 ms, per 1 MB LIST
-//! 191 → 152 ms. Small requests keep HTTP/2, which batches many requests per system call.
+//! own, at most [`BULK_CONNECTIONS`] at once (more share the HTTP/2 connection), where hyper relays the
+//! decrypted bytes as they come. Measured on the benchmark's upstream (bench/README.md): CPU of proxy
+//! plus upstream per 100 MB download 173 → 123 ms, per 1 MB LIST 191 → 152 ms. Small requests keep
+//! HTTP/2, which batches many requests per system call.
 //!
 //! # Long-running requests
 //! Watches and followed logs hold an HTTP/2 stream open for minutes to hours, and the API server allows
@@ -116,6 +117,8 @@ pub struct Upstream {
     current: RwLock<Arc<Connectors>>,
     /// Serialises rebuilds so concurrent requests build one new pool, not one each.
     rebuild: Mutex<()>,
+    /// Bulk reads in flight over HTTP/1.1, at most [`BULK_CONNECTIONS`], across TLS generations.
+    bulk_open: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -138,7 +141,20 @@ impl Upstream {
             stats,
             current: RwLock::new(Arc::new(current)),
             rebuild: Mutex::new(()),
+            bulk_open: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// A place for one more bulk read on its own HTTP/1.1 connection, or `None` when
+    /// [`BULK_CONNECTIONS`] are in flight (the read then shares the HTTP/2 connection). Keep the lease
+    /// as long as the response body.
+    pub fn bulk_slot(&self) -> Option<Lease> {
+        self.bulk_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < BULK_CONNECTIONS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Lease(self.bulk_open.clone()))
     }
 
     /// The TLS material.
@@ -292,6 +308,11 @@ fn pooled_client(
 /// connection, with room for a server configured lower (see the module doc).
 pub const STREAMS_PER_LANE: usize = 64;
 
+/// Bulk reads carried at once over HTTP/1.1 connections of their own (see the module doc); more share
+/// the HTTP/2 connection. Each such connection costs the API server a TLS handshake and kproxy about
+/// 40 KiB; past a few per core they add no throughput.
+pub const BULK_CONNECTIONS: usize = 16;
+
 /// The pooled clients that carry long-running requests, each with its own HTTP/2 connection and at most
 /// [`STREAMS_PER_LANE`] streams on it (see the module doc).
 pub struct StreamLanes {
@@ -307,11 +328,12 @@ struct Lane {
     open: Arc<AtomicUsize>,
 }
 
-/// A long-running request's place on a lane, released on drop. Keep it as long as the response body.
+/// A request's place in a bounded group (a lane, or the bulk connections), released on drop. Keep it as
+/// long as the response body.
 #[derive(Debug)]
-pub struct LaneLease(Arc<AtomicUsize>);
+pub struct Lease(Arc<AtomicUsize>);
 
-impl Drop for LaneLease {
+impl Drop for Lease {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -329,7 +351,7 @@ impl StreamLanes {
     /// A client for one more long-running request, and the lease that counts it. Fills lanes in order,
     /// so few connections are used, and opens a lane when all are full. Lanes left empty at the end of
     /// the list are closed (their connection goes with their pool), except the first.
-    pub fn acquire(&self) -> (UpstreamClient, LaneLease) {
+    pub fn acquire(&self) -> (UpstreamClient, Lease) {
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
         while lanes.len() > 1
             && lanes
@@ -353,6 +375,6 @@ impl StreamLanes {
         };
         let lane = &lanes[index];
         lane.open.fetch_add(1, Ordering::AcqRel);
-        (lane.client.clone(), LaneLease(lane.open.clone()))
+        (lane.client.clone(), Lease(lane.open.clone()))
     }
 }

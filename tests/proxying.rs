@@ -566,6 +566,67 @@ async fn bulk_reads_use_pooled_http1_connections_and_the_rest_http2() {
     kp.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_reads_past_the_bound_share_the_http2_connection() {
+    use kproxy::upstream::BULK_CONNECTIONS;
+    let n = BULK_CONNECTIONS + 4;
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (release_tx, release) = tokio::sync::watch::channel(false);
+    let api = FakeApi::builder()
+        .route("/api/v1/namespaces/held/pods", move |_, _| {
+            let _ = arrived_tx.send(());
+            let mut release = release.clone();
+            async move {
+                let _ = release.wait_for(|go| *go).await;
+                Response::new(full("{\"items\":[]}"))
+            }
+        })
+        .start()
+        .await;
+    let kp = token_proxy(&api, &[]).await;
+    // The HTTP/2 connection first: concurrent first requests would each dial one before ALPN is known.
+    assert_eq!(get(&format!("{}/version", kp.url)).await.0, 200);
+    let url = format!("{}/api/v1/namespaces/held/pods", kp.url);
+    let lists: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(get_owned(url.clone())))
+        .collect();
+    for _ in 0..n {
+        tokio::time::timeout(WAIT, arrived.recv())
+            .await
+            .expect("a LIST did not reach the server");
+    }
+    let versions: Vec<Version> = api
+        .recorded()
+        .iter()
+        .filter(|r| r.uri.starts_with("/api/v1/namespaces/held/"))
+        .map(|r| r.version)
+        .collect();
+    let h1 = versions.iter().filter(|v| **v == Version::HTTP_11).count();
+    assert_eq!(h1, BULK_CONNECTIONS, "{versions:?}");
+    assert_eq!(n - h1, 4, "the rest over HTTP/2: {versions:?}");
+    assert_eq!(
+        api.connections.load(std::sync::atomic::Ordering::SeqCst),
+        BULK_CONNECTIONS + 1
+    );
+    release_tx.send(true).unwrap();
+    for list in lists {
+        assert_eq!(list.await.unwrap().0, 200);
+    }
+    // The places are freed with the bodies: the next LIST goes over a pooled HTTP/1.1 connection.
+    assert_eq!(get(&url).await.0, 200);
+    assert_eq!(api.last().version, Version::HTTP_11);
+    assert_eq!(
+        api.connections.load(std::sync::atomic::Ordering::SeqCst),
+        BULK_CONNECTIONS + 1,
+        "no new connection"
+    );
+    kp.stop().await;
+}
+
+async fn get_owned(url: String) -> (StatusCode, http::HeaderMap, Bytes) {
+    get(&url).await
+}
+
 #[tokio::test]
 async fn http1_upstream_connections_are_pooled() {
     let api = FakeApi::builder().http1_only().start().await;
