@@ -121,7 +121,8 @@ impl Proxy {
         parts.version = http::Version::HTTP_11;
         let retry = replay.map(|headers| (parts.method.clone(), parts.uri.clone(), headers));
         let upstream_req = Request::from_parts(parts, Body::upstream(body));
-        // A long-running request takes a lane, held (through the body) until the response is dropped.
+        // A long-running request takes a lane, a bulk read one of the bulk connections; either place is
+        // held (through the body) until the response is dropped.
         let (mut resp, mut lease) = self.send(upstream_req, class).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             if let Some(used) = used {
