@@ -100,6 +100,21 @@ async fn slow_api(hold: Duration) -> (FakeApi, mpsc::UnboundedReceiver<()>) {
     (api, rx)
 }
 
+/// Polls until a connection to `port` is refused (the listener has closed), for at most `within`.
+async fn listener_closes_within(port: u16, within: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grace_lets_an_in_flight_request_finish_while_new_connections_are_refused() {
     let (api, mut arrived) = slow_api(Duration::from_secs(2)).await;
@@ -112,19 +127,11 @@ async fn grace_lets_an_in_flight_request_finish_while_new_connections_are_refuse
         .expect("the slow request did not arrive");
     let start = Instant::now();
     kp.signal("TERM");
-    // The listener closes at once: poll until a connection is refused (bounded by the handler's hold).
-    let mut refused = false;
-    while start.elapsed() < Duration::from_millis(1500) {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(refused, "kproxy kept accepting after SIGTERM");
+    // The listener closes at once (bounded by the handler's hold).
+    assert!(
+        listener_closes_within(port, Duration::from_millis(1500)).await,
+        "kproxy kept accepting after SIGTERM"
+    );
     let (status, _, body) = in_flight.await.unwrap();
     assert_eq!(status, 200, "the in-flight request must complete");
     assert_eq!(json(&body)["slow"], true);
@@ -146,18 +153,11 @@ async fn a_second_signal_ends_the_drain_at_once() {
         .await
         .expect("the slow request did not arrive");
     kp.signal("TERM");
-    // Draining once the listener refuses connections (polled, bounded).
-    let start = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_ok()
-    {
-        assert!(
-            start.elapsed() < WAIT,
-            "kproxy kept accepting after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Draining once the listener refuses connections.
+    assert!(
+        listener_closes_within(port, WAIT).await,
+        "kproxy kept accepting after SIGTERM"
+    );
     kp.signal("INT");
     let (code, took) = kp.wait(WAIT);
     eprintln!("second signal during a 60 s grace: exited after {took:?}");
