@@ -107,8 +107,7 @@ impl Proxy {
             }
             return Ok(resp);
         }
-        let long_running = is_long_running(path, uri.query());
-        let class = if long_running {
+        let class = if is_long_running(path, uri.query()) {
             Class::LongRunning
         } else if is_bulk_read(req.method(), path) {
             Class::Bulk
@@ -149,12 +148,12 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers);
         // The client connection is HTTP/1.1 whatever the upstream spoke.
         parts.version = http::Version::HTTP_11;
-        let body = if long_running {
-            Body::stream(body, self.streams.clone().cancelled_owned(), lease.take())
-        } else if let Some(lease) = lease.take() {
-            Body::leased(body, lease)
-        } else {
-            Body::upstream(body)
+        let body = match (class, lease) {
+            (Class::LongRunning, lease) => {
+                Body::stream(body, self.streams.clone().cancelled_owned(), lease)
+            }
+            (_, Some(lease)) => Body::leased(body, lease),
+            (_, None) => Body::upstream(body),
         };
         Ok(Response::from_parts(parts, body))
     }
