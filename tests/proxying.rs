@@ -588,7 +588,10 @@ async fn bulk_reads_past_the_bound_share_the_http2_connection() {
     assert_eq!(get(&format!("{}/version", kp.url)).await.0, 200);
     let url = format!("{}/api/v1/namespaces/held/pods", kp.url);
     let lists: Vec<_> = (0..n)
-        .map(|_| tokio::spawn(get_owned(url.clone())))
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url).await })
+        })
         .collect();
     for _ in 0..n {
         tokio::time::timeout(WAIT, arrived.recv())
@@ -621,10 +624,6 @@ async fn bulk_reads_past_the_bound_share_the_http2_connection() {
         "no new connection"
     );
     kp.stop().await;
-}
-
-async fn get_owned(url: String) -> (StatusCode, http::HeaderMap, Bytes) {
-    get(&url).await
 }
 
 #[tokio::test]

@@ -100,6 +100,19 @@ async fn slow_api(hold: Duration) -> (FakeApi, mpsc::UnboundedReceiver<()>) {
     (api, rx)
 }
 
+/// Starts a GET of `/api/v1/slow` through `kp` and returns once the API server has it.
+async fn slow_get_in_flight(
+    kp: &KproxyProcess,
+    arrived: &mut mpsc::UnboundedReceiver<()>,
+) -> tokio::task::JoinHandle<(http::StatusCode, http::HeaderMap, bytes::Bytes)> {
+    let url = format!("{}/api/v1/slow", kp.url());
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    tokio::time::timeout(WAIT, arrived.recv())
+        .await
+        .expect("the slow request did not arrive");
+    in_flight
+}
+
 /// Polls until a connection to `port` is refused (the listener has closed), for at most `within`.
 async fn listener_closes_within(port: u16, within: Duration) -> bool {
     let start = Instant::now();
@@ -119,12 +132,8 @@ async fn listener_closes_within(port: u16, within: Duration) -> bool {
 async fn grace_lets_an_in_flight_request_finish_while_new_connections_are_refused() {
     let (api, mut arrived) = slow_api(Duration::from_secs(2)).await;
     let kp = spawn(&api, &["--shutdown-grace=20s"]);
-    let url = kp.url();
     let port = kp.port();
-    let in_flight = tokio::spawn(async move { get(&format!("{url}/api/v1/slow")).await });
-    tokio::time::timeout(WAIT, arrived.recv())
-        .await
-        .expect("the slow request did not arrive");
+    let in_flight = slow_get_in_flight(&kp, &mut arrived).await;
     let start = Instant::now();
     kp.signal("TERM");
     // The listener closes at once (bounded by the handler's hold).
@@ -146,12 +155,8 @@ async fn grace_lets_an_in_flight_request_finish_while_new_connections_are_refuse
 async fn a_second_signal_ends_the_drain_at_once() {
     let (api, mut arrived) = slow_api(Duration::from_secs(120)).await;
     let kp = spawn(&api, &["--shutdown-grace=60s"]);
-    let url = kp.url();
     let port = kp.port();
-    let _in_flight = tokio::spawn(async move { get(&format!("{url}/api/v1/slow")).await });
-    tokio::time::timeout(WAIT, arrived.recv())
-        .await
-        .expect("the slow request did not arrive");
+    let _in_flight = slow_get_in_flight(&kp, &mut arrived).await;
     kp.signal("TERM");
     // Draining once the listener refuses connections.
     assert!(
