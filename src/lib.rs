@@ -11,8 +11,8 @@
 //!   auth, exec plugins, OIDC (docs/credentials.md).
 //! - [`tls`]: rustls configuration: trust roots, insecure mode, server name, client certificate;
 //!   certificate and CA files reloaded when they change.
-//! - [`upstream`]: the pooled clients to the API server (HTTP/2 for ordinary requests, HTTP/1.1 for bulk
-//!   reads, HTTP/2 lanes for watches), rebuilt when the TLS material changes, dialling directly or
+//! - [`upstream`]: the connections to the API server (one shared HTTP/2 connection for ordinary
+//!   requests, HTTP/1.1 for bulk reads, HTTP/2 lanes for watches), rebuilt when the TLS material changes, dialling directly or
 //!   through an HTTP(S)/SOCKS5 proxy ([`upstream::egress`]).
 //! - [`server`]: listener (TCP or unix socket), accept loop, connection limits, graceful drain.
 //! - [`router`]: path cleaning, prefix routing between the API and static files.

@@ -123,9 +123,9 @@ pub struct UpstreamStats {
     request_bytes: AtomicU64,
     /// Response body bytes relayed to clients.
     response_bytes: AtomicU64,
-    /// Connections the pooled client opened.
+    /// Upstream connections opened (upgrade tunnels excluded).
     connections_opened: AtomicU64,
-    /// Connections of the pooled client currently open.
+    /// Upstream connections currently open (upgrade tunnels excluded).
     connections_open: AtomicI64,
     /// Failed connection attempts (TCP, TLS).
     connect_errors: AtomicU64,
@@ -390,7 +390,7 @@ impl Collector for Metrics {
             &mut enc,
             &real,
             "kproxy_upstream_connections_opened",
-            "Connections the pooled client opened to the API server",
+            "Connections kproxy opened to the API server (upgrade tunnels excluded)",
             MetricType::Counter,
             |s| Some(s.connections_opened.load(Relaxed) as i64),
         )?;
@@ -398,7 +398,7 @@ impl Collector for Metrics {
             &mut enc,
             &real,
             "kproxy_upstream_connections",
-            "Connections of the pooled client to the API server that are open now (upgrade tunnels excluded)",
+            "Connections to the API server that are open now (upgrade tunnels excluded)",
             MetricType::Gauge,
             |s| Some(s.connections_open.load(Relaxed)),
         )?;
@@ -561,7 +561,7 @@ mod process {
 // ---------------------------------------------------------------------------------------------------
 // Upstream connection counting
 
-/// Wraps the pooled client's connector to count the connections it opens and holds open.
+/// Wraps an upstream connector to count the connections it opens and holds open.
 #[derive(Debug, Clone)]
 pub struct CountConnections<C> {
     inner: C,

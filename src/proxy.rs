@@ -1,5 +1,5 @@
 //! The reverse proxy: rewrites a client request for the API server (URL, hop-by-hop headers,
-//! `X-Forwarded-For`, credentials), sends it through the pooled client and relays the answer as it
+//! `X-Forwarded-For`, credentials), sends it upstream and relays the answer as it
 //! streams. Long-running requests (watch, `log?follow`) ride the [`StreamLanes`] instead of the ordinary
 //! client, so that hundreds of them neither exhaust one HTTP/2 connection's streams nor queue ordinary
 //! requests behind them, and their responses end cleanly at shutdown. Upgrades go to [`Upgrader`].
@@ -18,6 +18,7 @@ use crate::error::{chain, ProxyError};
 use crate::headers::strip_hop_by_hop;
 use crate::kubeconfig::Server;
 use crate::upgrade::Upgrader;
+use crate::upstream::shared::SendError;
 use crate::upstream::{Lease, Upstream};
 
 /// The `User-Agent` sent when the client sends none (kubectl sends its own in that case).
@@ -28,7 +29,7 @@ pub struct Proxy {
     server: Server,
     /// The server's path, prepended to every request with `--append-server-path`.
     base_path: String,
-    /// The pooled client, rebuilt when the TLS material changes.
+    /// The upstream connections, rebuilt when the TLS material changes.
     upstream: std::sync::Arc<Upstream>,
     auth: Auth,
     upgrader: Upgrader,
@@ -116,7 +117,7 @@ impl Proxy {
         };
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
-        // The pooled client picks HTTP/1.1 or HTTP/2 per connection; the client's version is irrelevant.
+        // The connection picks HTTP/1.1 or HTTP/2 per connection; the client's version is irrelevant.
         parts.version = http::Version::HTTP_11;
         let retry = replay.map(|headers| (parts.method.clone(), parts.uri.clone(), headers));
         let upstream_req = Request::from_parts(parts, Body::upstream(body));
@@ -167,19 +168,21 @@ impl Proxy {
         class: Class,
     ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
         let connectors = self.upstream.connectors();
-        let (client, lease) = match class {
+        let (resp, lease) = match class {
             Class::LongRunning => {
-                let (client, lease) = connectors.lanes.acquire();
-                (client, Some(lease))
+                let (lane, lease) = connectors.lanes.acquire();
+                (lane.request(req).await, Some(lease))
             }
             // Past BULK_CONNECTIONS bulk reads in flight, the next shares the HTTP/2 connection.
             Class::Bulk => match self.upstream.bulk_slot() {
-                Some(lease) => (connectors.bulk.clone(), Some(lease)),
-                None => (connectors.client.clone(), None),
+                Some(lease) => (
+                    connectors.bulk.request(req).await.map_err(SendError::from),
+                    Some(lease),
+                ),
+                None => (connectors.client.request(req).await, None),
             },
-            Class::Ordinary => (connectors.client.clone(), None),
+            Class::Ordinary => (connectors.client.request(req).await, None),
         };
-        let resp = client.request(req).await;
         // ops hook (observe): readiness, metrics and the access log's protocol field.
         crate::observe::upstream_answered(resp.as_ref().ok().map(|r| r.version()));
         Ok((resp.map_err(|e| self.classify(e))?, lease))
@@ -205,7 +208,7 @@ impl Proxy {
             .map_err(|e| ProxyError::BadRequest(format!("invalid path: {e}")))
     }
 
-    fn classify(&self, err: hyper_util::client::legacy::Error) -> ProxyError {
+    fn classify(&self, err: SendError) -> ProxyError {
         let cause = chain(&err);
         let upstream = self.server.to_string();
         if err.is_connect() && !is_tls_error(&err) {

@@ -1,9 +1,9 @@
-//! The pooled HTTP client that carries requests to the API server: rustls, HTTP/2 negotiated by ALPN,
-//! keep-alive connections reused across requests, dialled directly or through the proxy [`egress`]
-//! chooses. [`Upstream`] rebuilds the pool when the TLS material changes.
+//! The connections that carry requests to the API server: rustls, HTTP/2 negotiated by ALPN, reused
+//! across requests, dialled directly or through the proxy [`egress`] chooses. Ordinary requests share
+//! one HTTP/2 connection ([`shared`]); [`Upstream`] rebuilds everything when the TLS material changes.
 //!
 //! Every upstream connection, whatever it carries, is dialled from the same TLS material and route: the
-//! pooled client for ordinary requests, the bulk client for large reads, the [`StreamLanes`] for
+//! shared connection for ordinary requests, the bulk client for large reads, the [`StreamLanes`] for
 //! long-running requests, and the upgrade tunnels of [`crate::upgrade`]. Anything that changes how
 //! kproxy reaches the API server (an upstream proxy, TLS settings) belongs in [`Upstream`], so that all
 //! four get it.
@@ -32,6 +32,7 @@
 //! anyway; the lanes then only partition the pools.
 
 pub mod egress;
+pub mod shared;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -46,9 +47,11 @@ use crate::body::Body;
 use crate::metrics::{CountConnections, UpstreamStats};
 use crate::tls::TlsState;
 use egress::{EgressConnector, Route};
+use shared::Shared;
 
-/// The client type used for upstream requests. Its connector counts connections for the metrics.
-pub type UpstreamClient = Client<CountConnections<HttpsConnector<EgressConnector>>, Body>;
+/// The HTTP/1.1 keep-alive pool (bulk reads, and servers without HTTP/2). Its connector counts
+/// connections for the metrics.
+pub type UpstreamClient = Client<shared::Handoff, Body>;
 
 /// The connector upgrade tunnels dial with (HTTP/1.1 only).
 pub type UpgradeConnector = HttpsConnector<EgressConnector>;
@@ -81,9 +84,10 @@ pub fn http_connector(keepalive: Option<Duration>) -> HttpConnector {
 pub struct Connectors {
     /// The [`TlsState::generation`] they were built at.
     generation: u64,
-    /// The pooled client for ordinary requests.
-    pub client: UpstreamClient,
-    /// The pooled HTTP/1.1 client for bulk reads (see the module doc).
+    /// The connection for ordinary requests.
+    pub client: Shared,
+    /// The pooled HTTP/1.1 client for bulk reads (see the module doc), also the ordinary requests' when
+    /// the server does not speak HTTP/2.
     pub bulk: UpstreamClient,
     /// The connector for upgrade tunnels.
     pub upgrade: UpgradeConnector,
@@ -224,29 +228,39 @@ fn build(
 ) -> Connectors {
     let config = tls.client_config();
     let server_name = tls.server_name().cloned();
-    let pooled = |http2| {
+    let connector = |http2| {
         let dial = egress(tls, route, Some(TCP_KEEPALIVE));
-        pooled_client(
+        CountConnections::new(
             https(&config, server_name.as_ref(), http2, dial),
             stats.clone(),
         )
     };
-    let client = pooled(http2);
     // Bulk reads: HTTP/1.1 keep-alive connections, one per concurrent read, same TLS material and route.
-    let bulk = pooled(false);
-    // Long-running requests get clients of their own, dialled exactly like the ordinary one.
+    let handoff = shared::Handoff::new(connector(false));
+    let bulk = pooled_client(handoff.clone());
+    let client = Shared::new(connector(http2), bulk.clone(), handoff, http2);
+    // Long-running requests get connections of their own, dialled exactly like the ordinary one.
     let lanes = {
         let (tls, route) = (tls.clone(), route.clone());
         let (config, server_name, stats) = (config.clone(), server_name.clone(), stats.clone());
         StreamLanes::new(move || {
-            pooled_client(
-                https(
-                    &config,
-                    server_name.as_ref(),
-                    http2,
-                    egress(&tls, &route, Some(TCP_KEEPALIVE)),
-                ),
-                stats.clone(),
+            let connector = |http2| {
+                CountConnections::new(
+                    https(
+                        &config,
+                        server_name.as_ref(),
+                        http2,
+                        egress(&tls, &route, Some(TCP_KEEPALIVE)),
+                    ),
+                    stats.clone(),
+                )
+            };
+            let handoff = shared::Handoff::new(connector(false));
+            Shared::new(
+                connector(http2),
+                pooled_client(handoff.clone()),
+                handoff,
+                http2,
             )
         })
     };
@@ -287,10 +301,7 @@ fn https(
     }
 }
 
-fn pooled_client(
-    https: HttpsConnector<EgressConnector>,
-    stats: Arc<UpstreamStats>,
-) -> UpstreamClient {
+fn pooled_client(connector: shared::Handoff) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
@@ -301,7 +312,7 @@ fn pooled_client(
         .http2_keep_alive_while_idle(false)
         // Large LISTs and downloads need more than HTTP/2's 64 KiB default window to run at line rate.
         .http2_adaptive_window(true)
-        .build(CountConnections::new(https, stats))
+        .build(connector)
 }
 
 /// Long-running requests per lane: below the 100 concurrent streams the API server grants per HTTP/2
@@ -318,12 +329,12 @@ pub const BULK_CONNECTIONS: usize = 16;
 pub struct StreamLanes {
     /// Builds the client of a new lane; the same constructor as the ordinary client, so lanes dial the
     /// API server exactly as ordinary requests do.
-    make: Box<dyn Fn() -> UpstreamClient + Send + Sync>,
+    make: Box<dyn Fn() -> Shared + Send + Sync>,
     lanes: Mutex<Vec<Lane>>,
 }
 
 struct Lane {
-    client: UpstreamClient,
+    client: Arc<Shared>,
     /// Long-running requests on this lane, from dispatch until their response body is dropped.
     open: Arc<AtomicUsize>,
 }
@@ -341,7 +352,7 @@ impl Drop for Lease {
 
 impl StreamLanes {
     /// Lanes whose clients come from `make`.
-    pub fn new(make: impl Fn() -> UpstreamClient + Send + Sync + 'static) -> Self {
+    pub fn new(make: impl Fn() -> Shared + Send + Sync + 'static) -> Self {
         Self {
             make: Box::new(make),
             lanes: Mutex::new(Vec::new()),
@@ -351,7 +362,7 @@ impl StreamLanes {
     /// A client for one more long-running request, and the lease that counts it. Fills lanes in order,
     /// so few connections are used, and opens a lane when all are full. Lanes left empty at the end of
     /// the list are closed (their connection goes with their pool), except the first.
-    pub fn acquire(&self) -> (UpstreamClient, Lease) {
+    pub fn acquire(&self) -> (Arc<Shared>, Lease) {
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
         while lanes.len() > 1
             && lanes
@@ -367,7 +378,7 @@ impl StreamLanes {
             Some(i) => i,
             None => {
                 lanes.push(Lane {
-                    client: (self.make)(),
+                    client: Arc::new((self.make)()),
                     open: Arc::new(AtomicUsize::new(0)),
                 });
                 lanes.len() - 1

@@ -480,12 +480,13 @@ async fn upstream_client_negotiates_h2_and_reuses_one_connection() {
     let api = FakeApi::builder().start().await;
     let kp = token_proxy(&api, &[]).await;
     let url = format!("{}/api/v1/namespaces/default/pods/p", kp.url);
-    for _ in 0..5 {
-        assert_eq!(get(&url).await.0, 200);
-    }
+    // A burst of first requests, before any connection exists, dials once and waits for it.
     let concurrent: Vec<_> = (0..10).map(|_| get(&url)).collect();
     for (status, _, _) in futures_util::future::join_all(concurrent).await {
         assert_eq!(status, 200);
+    }
+    for _ in 0..5 {
+        assert_eq!(get(&url).await.0, 200);
     }
     assert!(api.recorded().iter().all(|r| r.version == Version::HTTP_2));
     // The fake server follows the client's cipher order; kproxy offers AES-128-GCM first, as client-go
@@ -498,6 +499,27 @@ async fn upstream_client_negotiates_h2_and_reuses_one_connection() {
         api.connections.load(std::sync::atomic::Ordering::SeqCst),
         1,
         "15 requests should share one HTTP/2 connection"
+    );
+    kp.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_the_server_closed_is_replaced() {
+    let api = FakeApi::builder().start().await;
+    let kp = token_proxy(&api, &[]).await;
+    let url = format!("{}/api/v1/namespaces/default/pods/p", kp.url);
+    assert_eq!(get(&url).await.0, 200);
+    // GOAWAY, as an API server sends when it stops or rebalances (`--goaway-chance`).
+    api.close_connections();
+    api.connections_ended(1, WAIT).await;
+    for _ in 0..3 {
+        assert_eq!(get(&url).await.0, 200);
+    }
+    assert_eq!(api.last().version, Version::HTTP_2);
+    assert_eq!(
+        api.connections.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one new connection for the three requests after the first closed"
     );
     kp.stop().await;
 }
@@ -584,8 +606,6 @@ async fn bulk_reads_past_the_bound_share_the_http2_connection() {
         .start()
         .await;
     let kp = token_proxy(&api, &[]).await;
-    // The HTTP/2 connection first: concurrent first requests would each dial one before ALPN is known.
-    assert_eq!(get(&format!("{}/version", kp.url)).await.0, 200);
     let url = format!("{}/api/v1/namespaces/held/pods", kp.url);
     let lists: Vec<_> = (0..n)
         .map(|_| {
@@ -630,8 +650,16 @@ async fn bulk_reads_past_the_bound_share_the_http2_connection() {
 async fn http1_upstream_connections_are_pooled() {
     let api = FakeApi::builder().http1_only().start().await;
     let kp = token_proxy(&api, &[]).await;
-    for _ in 0..10 {
-        assert_eq!(get(&format!("{}/api/v1/pods", kp.url)).await.0, 200);
+    // Ordinary requests first: the connection that finds the server speaks only HTTP/1.1 is not
+    // wasted but becomes the pool's first.
+    for path in [
+        "/version",
+        "/api/v1/namespaces/default/pods/p",
+        "/api/v1/pods",
+    ] {
+        for _ in 0..4 {
+            assert_eq!(get(&format!("{}{path}", kp.url)).await.0, 200, "{path}");
+        }
     }
     assert!(api.recorded().iter().all(|r| r.version == Version::HTTP_11));
     assert_eq!(

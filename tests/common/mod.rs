@@ -34,7 +34,7 @@ use rcgen::{
 };
 use rustls_pki_types::pem::PemObject;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 pub type Handler = Arc<
@@ -221,6 +221,10 @@ pub struct FakeApi {
     pub watch_opened: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
     /// Count of TCP connections accepted.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// Bumped to make every open connection shut down gracefully (HTTP/2 GOAWAY).
+    goaway: Arc<watch::Sender<u64>>,
+    /// Connections that have ended, server side.
+    ended: watch::Receiver<usize>,
     _shutdown: oneshot::Sender<()>,
 }
 
@@ -234,6 +238,21 @@ impl FakeApi {
             server_names: Vec::new(),
             example_certs: false,
         }
+    }
+
+    /// Shuts every open connection down gracefully, as an API server does with `--goaway-chance` or
+    /// when it stops: HTTP/2 GOAWAY, in-flight requests finished, then the connection closed.
+    pub fn close_connections(&self) {
+        self.goaway.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until `n` connections have ended on the server's side.
+    pub async fn connections_ended(&self, n: usize, within: Duration) {
+        let mut ended = self.ended.clone();
+        tokio::time::timeout(within, ended.wait_for(|e| *e >= n))
+            .await
+            .unwrap_or_else(|_| panic!("{n} connections did not end within {within:?}"))
+            .expect("the fake API server stopped");
     }
 
     /// Every request received so far.
@@ -372,7 +391,11 @@ impl FakeApiBuilder {
         let (opened_tx, opened_rx) = mpsc::unbounded_channel();
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (shutdown_tx, mut shutdown_rx) = oneshot::channel::<()>();
+        let goaway = Arc::new(watch::channel(0u64).0);
+        let (ended_tx, ended) = watch::channel(0usize);
         let state = Arc::new(State {
+            goaway: goaway.clone(),
+            ended: ended_tx,
             routes: self.routes,
             recorded: recorded.clone(),
             watch_tx: watch_tx.clone(),
@@ -424,12 +447,16 @@ impl FakeApiBuilder {
             watch_closed: tokio::sync::Mutex::new(closed_rx),
             watch_opened: tokio::sync::Mutex::new(opened_rx),
             connections,
+            goaway,
+            ended,
             _shutdown: shutdown_tx,
         }
     }
 }
 
 struct State {
+    goaway: Arc<watch::Sender<u64>>,
+    ended: watch::Sender<usize>,
     routes: Vec<(String, Handler)>,
     recorded: Arc<Mutex<Vec<Recorded>>>,
     watch_tx: broadcast::Sender<Bytes>,
@@ -448,6 +475,8 @@ async fn serve_conn<I>(io: I, state: Arc<State>, peer: TlsSeen)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let mut goaway = state.goaway.subscribe();
+    let ended = state.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
         let peer = peer.clone();
@@ -455,7 +484,16 @@ where
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http2().max_concurrent_streams(100);
-    let _ = builder.serve_connection_with_upgrades(io, svc).await;
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = goaway.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+    ended.ended.send_modify(|n| *n += 1);
 }
 
 fn record(req: &Request<Incoming>, peer: TlsSeen) -> Recorded {
