@@ -7,9 +7,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::Incoming;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use crate::upstream::shared::Received;
 use crate::upstream::Lease;
 
 /// Errors a body can end with; the connection is aborted when one occurs mid-stream.
@@ -20,16 +20,16 @@ pub struct Body(Kind);
 
 enum Kind {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(Received),
     /// A relayed upstream body holding a place among the bulk connections until it is dropped.
     Leased {
-        inner: Incoming,
+        inner: Received,
         _lease: Lease,
     },
     /// A long-running response (watch, `log?follow`): relayed like `Upstream`, but ended cleanly, as if
     /// the upstream had finished, once `stop` fires at shutdown. Clients re-establish watches anyway.
     Stream {
-        inner: Incoming,
+        inner: Received,
         stop: Pin<Box<WaitForCancellationFutureOwned>>,
         /// The request's place on an upstream lane, freed when the body is dropped.
         _lease: Option<Lease>,
@@ -50,12 +50,12 @@ impl Body {
     }
 
     /// An upstream body relayed frame by frame as it arrives.
-    pub fn upstream(inner: Incoming) -> Self {
-        Body(Kind::Upstream(inner))
+    pub fn upstream(inner: impl Into<Received>) -> Self {
+        Body(Kind::Upstream(inner.into()))
     }
 
     /// An upstream body relayed like [`Body::upstream`], holding `lease` until it is dropped.
-    pub fn leased(inner: Incoming, lease: Lease) -> Self {
+    pub fn leased(inner: Received, lease: Lease) -> Self {
         Body(Kind::Leased {
             inner,
             _lease: lease,
@@ -64,7 +64,7 @@ impl Body {
 
     /// An upstream body that ends cleanly when `stop` fires, holding `lease` until it is dropped.
     pub fn stream(
-        inner: Incoming,
+        inner: Received,
         stop: WaitForCancellationFutureOwned,
         lease: Option<Lease>,
     ) -> Self {
@@ -102,14 +102,12 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().0 {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(inner) | Kind::Leased { inner, .. } => {
-                Pin::new(inner).poll_frame(cx).map_err(Into::into)
-            }
+            Kind::Upstream(inner) | Kind::Leased { inner, .. } => Pin::new(inner).poll_frame(cx),
             Kind::Stream { inner, stop, .. } => {
                 if stop.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(None);
                 }
-                Pin::new(inner).poll_frame(cx).map_err(Into::into)
+                Pin::new(inner).poll_frame(cx)
             }
             Kind::Boxed(inner) => Pin::new(inner).poll_frame(cx),
         }

@@ -18,7 +18,7 @@ use crate::error::{chain, ProxyError};
 use crate::headers::strip_hop_by_hop;
 use crate::kubeconfig::Server;
 use crate::upgrade::Upgrader;
-use crate::upstream::shared::SendError;
+use crate::upstream::shared::{Received, SendError};
 use crate::upstream::{Lease, Upstream};
 
 /// The `User-Agent` sent when the client sends none (kubectl sends its own in that case).
@@ -166,7 +166,7 @@ impl Proxy {
         &self,
         req: Request<Body>,
         class: Class,
-    ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+    ) -> Result<(Response<Received>, Option<Lease>), ProxyError> {
         let connectors = self.upstream.connectors();
         let (resp, lease) = match class {
             Class::LongRunning => {
@@ -176,7 +176,12 @@ impl Proxy {
             // Past BULK_CONNECTIONS bulk reads in flight, the next shares the HTTP/2 connection.
             Class::Bulk => match self.upstream.bulk_slot() {
                 Some(lease) => (
-                    connectors.bulk.request(req).await.map_err(SendError::from),
+                    connectors
+                        .bulk
+                        .request(req)
+                        .await
+                        .map(|r| r.map(Received::Hyper))
+                        .map_err(SendError::from),
                     Some(lease),
                 ),
                 None => (connectors.client.request(req).await, None),

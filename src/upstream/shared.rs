@@ -1,14 +1,24 @@
-//! One HTTP/2 connection shared by every request sent through it, held by hand instead of by
-//! hyper-util's pool.
+//! One HTTP/2 connection shared by every request sent through it, driven with the `h2` crate
+//! directly instead of through hyper-util's pool and hyper's HTTP/2 client.
 //!
-//! hyper-util's `legacy::Client` is a general pool: each request hashes a pool key (SipHash), checks a
-//! connection out and back in under a lock, and moves its request through several layers of futures.
-//! For an HTTP/2 connection, where every request goes to the same place, that work is pure overhead:
-//! measured with callgrind it was about 4.8k of the 62.6k instructions of a proxied small GET
-//! (bench/README.md). [`Shared`] keeps the connection's `SendRequest` and clones it per request.
+//! Measured with callgrind on the benchmark's small GET (bench/README.md), each layer cost:
+//! - hyper-util's `legacy::Client`, a general pool: a SipHash of the pool key, checkout and check-in
+//!   under a lock, several layers of moved futures: about 4.8k of 62.6k instructions per request;
+//! - hyper's HTTP/2 client: a channel to a dispatch task, a task spawned per request to await the
+//!   response, a oneshot back: about 4k more, and two extra task wake-ups per request.
 //!
-//! It also dials once when a burst of requests arrives before the first connection exists: hyper-util
-//! cannot know before ALPN that a connection will be HTTP/2, so each of those requests dialled its own.
+//! [`Shared`] keeps the connection's `h2::client::SendRequest` and starts each stream from the
+//! request's own task; the connection task only moves frames. It also dials once when a burst of
+//! requests arrives before the first connection exists (hyper-util cannot know before ALPN that a
+//! connection will be HTTP/2, so each of those requests dialled its own).
+//!
+//! What hyper's client did and this module does too: flow control (received data is released as the
+//! client reads it, so a slow client holds the server back instead of kproxy buffering), request
+//! bodies streamed with backpressure, trailers both ways, `content-length` from an exact body size (by
+//! Go's rule, which differs from hyper's for empty bodies),
+//! keep-alive pings ([`H2_PING_INTERVAL`], [`H2_PING_TIMEOUT`], as client-go's HTTP/2 health check).
+//! The windows are fixed ([`STREAM_WINDOW`], [`CONNECTION_WINDOW`]) where hyper grew them from 64 KiB
+//! by measuring; large reads mostly go over HTTP/1.1 anyway ([`super::BULK_CONNECTIONS`]).
 //!
 //! When the server does not negotiate HTTP/2 (an `http://` server, `DISABLE_HTTP2`, a server without
 //! ALPN), [`Shared`] hands every request to an HTTP/1.1 keep-alive pool instead: hyper-util's, which is
@@ -17,21 +27,33 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http::{Request, Response, Uri};
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, Uri};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http2;
 use hyper_util::client::legacy::connect::Connection as _;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tower::ServiceExt as _;
 
 use super::{UpstreamClient, H2_PING_INTERVAL, H2_PING_TIMEOUT, POOL_IDLE_TIMEOUT};
 use crate::body::Body;
 use crate::metrics::CountConnections;
+
+/// HTTP/2 receive window per stream: what one response may have in flight unread. hyper's fixed
+/// default; Go's is 4 MiB. A client that stops reading holds at most this much in kproxy per stream.
+pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// HTTP/2 receive window per connection, shared by its streams: bounds what kproxy buffers for one
+/// connection (hyper's fixed default).
+pub const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+/// Largest response header block accepted (Go: 10 MB; hyper: 16 KiB).
+pub const MAX_HEADER_LIST_SIZE: u32 = 1024 * 1024;
+/// Bytes of request body queued per connection before the sender waits (hyper's default).
+pub const MAX_SEND_BUFFER_SIZE: usize = 1024 * 1024;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -86,12 +108,9 @@ pub enum SendError {
     /// The connection could not be made (TCP, TLS, egress proxy).
     #[error("client error (Connect)")]
     Connect(#[source] BoxError),
-    /// The connection was made but the HTTP/2 handshake failed.
-    #[error("client error (HTTP/2 handshake)")]
-    Handshake(#[source] hyper::Error),
-    /// The request failed on an established connection.
-    #[error("client error (SendRequest)")]
-    Request(#[source] hyper::Error),
+    /// The HTTP/2 handshake or the request's stream failed.
+    #[error("client error (HTTP/2)")]
+    Http2(#[source] h2::Error),
     /// An error from the HTTP/1.1 pool.
     #[error(transparent)]
     Pooled(#[from] hyper_util::client::legacy::Error),
@@ -103,7 +122,7 @@ impl SendError {
         match self {
             SendError::Connect(_) => true,
             SendError::Pooled(e) => e.is_connect(),
-            SendError::Handshake(_) | SendError::Request(_) => false,
+            SendError::Http2(_) => false,
         }
     }
 }
@@ -112,7 +131,7 @@ impl SendError {
 /// HTTP/1.1 pool when the server does not speak HTTP/2 (see the module doc).
 pub struct Shared {
     connector: Connector,
-    builder: http2::Builder<TokioExecutor>,
+    builder: h2::client::Builder,
     /// Requests go here when the server chose HTTP/1.1, or when HTTP/2 is off.
     http1: UpstreamClient,
     /// `http1`'s dialler, to give it the connection that found out.
@@ -130,7 +149,9 @@ enum State {
     Idle,
     Ready {
         id: u64,
-        sender: http2::SendRequest<Body>,
+        sender: h2::client::SendRequest<Bytes>,
+        /// Set when the connection task ends.
+        closed: Arc<AtomicBool>,
         /// When the last request was sent on it.
         used: Instant,
     },
@@ -141,7 +162,7 @@ enum State {
 enum Route {
     Http2 {
         id: u64,
-        sender: http2::SendRequest<Body>,
+        sender: h2::client::SendRequest<Bytes>,
     },
     Http1,
 }
@@ -150,15 +171,13 @@ impl Shared {
     /// A shared connection dialled by `connector`; `http2: false` (or a server that does not negotiate
     /// HTTP/2) sends everything through `http1`, a pool that dials with `handoff`.
     pub fn new(connector: Connector, http1: UpstreamClient, handoff: Handoff, http2: bool) -> Self {
-        let mut builder = http2::Builder::new(TokioExecutor::new());
+        let mut builder = h2::client::Builder::new();
         builder
-            .timer(TokioTimer::new())
-            .keep_alive_interval(H2_PING_INTERVAL)
-            .keep_alive_timeout(H2_PING_TIMEOUT)
-            .keep_alive_while_idle(false)
-            // Large LISTs and downloads need more than HTTP/2's 64 KiB default window to run at line
-            // rate.
-            .adaptive_window(true);
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_header_list_size(MAX_HEADER_LIST_SIZE)
+            .max_send_buffer_size(MAX_SEND_BUFFER_SIZE)
+            .enable_push(false);
         Self {
             connector,
             builder,
@@ -171,31 +190,32 @@ impl Shared {
     }
 
     /// Sends `req` (absolute URI) and returns the response head. A request the connection refused
-    /// before sending anything (it had just closed) is sent once more on a new connection, as
+    /// before taking it (the connection had just closed) is sent once more on a new connection, as
     /// hyper-util's pool does.
-    pub async fn request(&self, mut req: Request<Body>) -> Result<Response<Incoming>, SendError> {
+    pub async fn request(&self, req: Request<Body>) -> Result<Response<Received>, SendError> {
         let mut retried = false;
-        loop {
+        let sender = loop {
             let route = match self.route() {
                 Some(route) => route,
                 None => self.dial(req.uri()).await?,
             };
-            let (id, mut sender) = match route {
+            let (id, sender) = match route {
                 Route::Http2 { id, sender } => (id, sender),
-                Route::Http1 => return Ok(self.http1.request(req).await?),
+                Route::Http1 => {
+                    let resp = self.http1.request(req).await?;
+                    return Ok(resp.map(Received::Hyper));
+                }
             };
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp),
-                Err(mut e) => match e.take_message() {
-                    Some(back) if !retried => {
-                        self.retire(id);
-                        retried = true;
-                        req = back;
-                    }
-                    _ => return Err(SendError::Request(e.into_error())),
-                },
+            match sender.ready().await {
+                Ok(sender) => break sender,
+                Err(_) if !retried => {
+                    self.retire(id);
+                    retried = true;
+                }
+                Err(e) => return Err(SendError::Http2(e)),
             }
-        }
+        };
+        send(sender, req).await
     }
 
     /// The open connection, or what to use instead; `None` when a connection must be dialled.
@@ -207,7 +227,12 @@ impl Shared {
     fn route(&self) -> Option<Route> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match &mut *state {
-            State::Ready { id, sender, used } if !sender.is_closed() => {
+            State::Ready {
+                id,
+                sender,
+                closed,
+                used,
+            } if !closed.load(Ordering::Acquire) => {
                 let now = Instant::now();
                 if now.duration_since(*used) > POOL_IDLE_TIMEOUT {
                     *state = State::Idle;
@@ -257,22 +282,233 @@ impl Shared {
             *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Http1;
             return Ok(Route::Http1);
         }
-        let (sender, connection) = self
+        let (sender, mut connection) = self
             .builder
-            .handshake(io)
+            .handshake(TokioIo::new(io))
             .await
-            .map_err(SendError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %crate::error::chain(&e), "upstream HTTP/2 connection ended");
-            }
-        });
+            .map_err(SendError::Http2)?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let pings = connection.ping_pong();
+        tokio::spawn(drive(connection, pings, closed.clone()));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Ready {
             id,
             sender: sender.clone(),
+            closed,
             used: Instant::now(),
         };
         Ok(Route::Http2 { id, sender })
+    }
+}
+
+/// Starts `req`'s stream on a ready connection and waits for the response head. A request body is
+/// streamed by a task of its own, so the response can arrive (and be relayed) before the body ends.
+async fn send(
+    mut sender: h2::client::SendRequest<Bytes>,
+    req: Request<Body>,
+) -> Result<Response<Received>, SendError> {
+    let (parts, body) = req.into_parts();
+    let mut head = Request::from_parts(parts, ());
+    let end = body.is_end_stream();
+    if let Some(len) = body.size_hint().exact() {
+        // Go's rule (`shouldSendReqContentLength`), so kubectl proxy and kproxy send the same: a length
+        // for any body, and `0` for an empty POST, PUT or PATCH only.
+        let sends_empty = matches!(
+            *head.method(),
+            http::Method::POST | http::Method::PUT | http::Method::PATCH
+        );
+        if len > 0 || sends_empty {
+            head.headers_mut()
+                .entry(http::header::CONTENT_LENGTH)
+                .or_insert_with(|| http::HeaderValue::from(len));
+        }
+    }
+    let (response, stream) = sender.send_request(head, end).map_err(SendError::Http2)?;
+    if !end {
+        tokio::spawn(pipe(body, stream));
+    }
+    let (parts, recv) = response.await.map_err(SendError::Http2)?.into_parts();
+    let body = H2Body::new(recv, &parts.headers);
+    Ok(Response::from_parts(parts, Received::Http2(body)))
+}
+
+/// Copies a request body into its stream, sending each chunk as the peer's window allows.
+async fn pipe(mut body: Body, mut stream: h2::SendStream<Bytes>) {
+    use http_body_util::BodyExt as _;
+    loop {
+        // Stop early when the server resets the stream (it answered without reading the body).
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            _ = std::future::poll_fn(|cx| stream.poll_reset(cx)) => return,
+        };
+        match frame {
+            None => {
+                let _ = stream.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "request body failed: resetting the upstream stream");
+                stream.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(mut data) => {
+                    while !data.is_empty() {
+                        stream.reserve_capacity(data.len());
+                        let granted =
+                            match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+                                Some(Ok(n)) => n,
+                                // The stream was reset or the connection closed.
+                                _ => return,
+                            };
+                        let chunk = data.split_to(granted.min(data.len()));
+                        if stream.send_data(chunk, false).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        let _ = stream.send_trailers(trailers);
+                        return;
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Runs an HTTP/2 connection until it ends, pinging the server every [`H2_PING_INTERVAL`] and closing
+/// the connection when a pong does not come within [`H2_PING_TIMEOUT`] (client-go's health check: a
+/// connection to a vanished server fails its requests instead of hanging them).
+async fn drive<T>(
+    connection: h2::client::Connection<T, Bytes>,
+    pings: Option<h2::PingPong>,
+    closed: Arc<AtomicBool>,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::pin!(connection);
+    let ended = async {
+        let Some(mut pings) = pings else {
+            return connection.as_mut().await;
+        };
+        loop {
+            tokio::select! {
+                r = connection.as_mut() => return r,
+                _ = tokio::time::sleep(H2_PING_INTERVAL) => {}
+            }
+            let pong = tokio::time::timeout(H2_PING_TIMEOUT, pings.ping(h2::Ping::opaque()));
+            tokio::select! {
+                r = connection.as_mut() => return r,
+                answered = pong => {
+                    if !matches!(answered, Ok(Ok(_))) {
+                        tracing::debug!("upstream HTTP/2 connection did not answer a ping: closing it");
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    };
+    if let Err(e) = ended.await {
+        tracing::debug!(error = %crate::error::chain(&e), "upstream HTTP/2 connection ended");
+    }
+    closed.store(true, Ordering::Release);
+}
+
+/// A body received from a peer: by hyper (HTTP/1.1 responses from the pool, a client's request body)
+/// or from one of [`Shared`]'s HTTP/2 streams.
+pub enum Received {
+    /// Received by hyper.
+    Hyper(Incoming),
+    /// From an HTTP/2 stream.
+    Http2(H2Body),
+}
+
+impl From<Incoming> for Received {
+    fn from(body: Incoming) -> Self {
+        Received::Hyper(body)
+    }
+}
+
+/// An HTTP/2 response body. Received data is released to the flow-control window as the reader takes
+/// it, as hyper does: the server sends more only as fast as the client reads.
+pub struct H2Body {
+    recv: h2::RecvStream,
+    /// Bytes still expected by `content-length`, for the size hint.
+    remaining: Option<u64>,
+    data_done: bool,
+}
+
+impl H2Body {
+    /// The body of a response with these headers. The size hint comes from `content-length`, as in
+    /// hyper's own body type: the client side uses it to choose between `content-length` and chunked
+    /// framing.
+    fn new(recv: h2::RecvStream, headers: &HeaderMap) -> Self {
+        let data_done = recv.is_end_stream();
+        let remaining = if data_done {
+            Some(0)
+        } else {
+            headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        };
+        Self {
+            recv,
+            remaining,
+            data_done,
+        }
+    }
+}
+
+impl http_body::Body for Received {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Received::Hyper(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            Received::Http2(b) => {
+                if !b.data_done {
+                    match std::task::ready!(b.recv.poll_data(cx)) {
+                        Some(Ok(data)) => {
+                            let _ = b.recv.flow_control().release_capacity(data.len());
+                            if let Some(r) = &mut b.remaining {
+                                *r = r.saturating_sub(data.len() as u64);
+                            }
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                        None => b.data_done = true,
+                    }
+                }
+                match std::task::ready!(b.recv.poll_trailers(cx)) {
+                    Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+                    Ok(None) => Poll::Ready(None),
+                    Err(e) => Poll::Ready(Some(Err(e.into()))),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Received::Hyper(inner) => inner.is_end_stream(),
+            Received::Http2(b) => b.recv.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Received::Hyper(inner) => inner.size_hint(),
+            Received::Http2(b) => match b.remaining {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
+        }
     }
 }
