@@ -305,3 +305,52 @@ async fn one_gib_upload_streams_with_flat_memory() {
     assert_eq!(rec.uri, "/upload");
     assert_eq!(rec.method, http::Method::PUT);
 }
+
+#[tokio::test]
+async fn clients_that_stop_reading_do_not_stall_the_shared_connection() {
+    // Four clients ask for a 32 MiB object over the shared HTTP/2 connection and never read it. Each
+    // stalled stream holds up to a stream window of the connection's window; were the connection
+    // window only a few stream windows (hyper grows both to the same size), a fifth request on the
+    // connection would wait for them forever.
+    const BIG: usize = 32 * 1024 * 1024;
+    let api = FakeApi::builder()
+        .route("/api/v1/namespaces/default/configmaps/big", |_, _| async {
+            Response::new(full(pattern(BIG)))
+        })
+        .start()
+        .await;
+    let kc = kubeconfig_for(&api, "kc.yaml", "token: t");
+    let kp = Kproxy::with_kubeconfig(&kc, &[]).await;
+    assert_eq!(get(&format!("{}/version", kp.url)).await.0, 200);
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // A small receive buffer, so the kernel absorbs little of what the client does not read.
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut s = socket.connect(kp.addr).await.unwrap();
+        s.write_all(
+            b"GET /api/v1/namespaces/default/configmaps/big HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        // Read the head, so the stream is open upstream, then stop reading.
+        let mut first = [0u8; 1024];
+        let n = s.read(&mut first).await.unwrap();
+        assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &first[..n]);
+        stalled.push(s);
+    }
+    let started = Instant::now();
+    for _ in 0..3 {
+        let (status, _, _) = tokio::time::timeout(WAIT, get(&format!("{}/version", kp.url)))
+            .await
+            .expect("a request behind the stalled streams must not wait for them");
+        assert_eq!(status, 200);
+    }
+    eprintln!(
+        "3 requests beside 4 stalled 32 MiB responses: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(api.last().version, http::Version::HTTP_2);
+    drop(stalled);
+    kp.stop().await;
+}

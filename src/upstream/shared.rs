@@ -17,8 +17,9 @@
 //! bodies streamed with backpressure, trailers both ways, `content-length` from an exact body size (by
 //! Go's rule, which differs from hyper's for empty bodies),
 //! keep-alive pings ([`H2_PING_INTERVAL`], [`H2_PING_TIMEOUT`], as client-go's HTTP/2 health check).
-//! The windows are fixed ([`STREAM_WINDOW`], [`CONNECTION_WINDOW`]) where hyper grew them from 64 KiB
-//! by measuring; large reads mostly go over HTTP/1.1 anyway ([`super::BULK_CONNECTIONS`]).
+//! The windows are fixed, as Go's are ([`STREAM_WINDOW`], [`CONNECTION_WINDOW`]), where hyper grew
+//! them from 64 KiB by measuring; large reads mostly go over HTTP/1.1 anyway
+//! ([`super::BULK_CONNECTIONS`]).
 //!
 //! When the server does not negotiate HTTP/2 (an `http://` server, `DISABLE_HTTP2`, a server without
 //! ALPN), [`Shared`] hands every request to an HTTP/1.1 keep-alive pool instead: hyper-util's, which is
@@ -47,9 +48,12 @@ use crate::metrics::CountConnections;
 /// HTTP/2 receive window per stream: what one response may have in flight unread. hyper's fixed
 /// default; Go's is 4 MiB. A client that stops reading holds at most this much in kproxy per stream.
 pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-/// HTTP/2 receive window per connection, shared by its streams: bounds what kproxy buffers for one
-/// connection (hyper's fixed default).
-pub const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+/// HTTP/2 receive window per connection, shared by its streams: Go's 1 GiB. It is credit, not memory:
+/// what kproxy holds is bounded by [`STREAM_WINDOW`] per stream. A connection window of only a few
+/// stream windows (hyper's 5 MiB, or its adaptive window, which grows both to the same size) lets a few
+/// clients that stop reading large responses stall every other request on the connection
+/// (`tests/streaming.rs`).
+pub const CONNECTION_WINDOW: u32 = 1 << 30;
 /// Largest response header block accepted (Go: 10 MB; hyper: 16 KiB).
 pub const MAX_HEADER_LIST_SIZE: u32 = 1024 * 1024;
 /// Bytes of request body queued per connection before the sender waits (hyper's default).
