@@ -12,8 +12,8 @@
 //! - [`tls`]: rustls configuration: trust roots, insecure mode, server name, client certificate;
 //!   certificate and CA files reloaded when they change.
 //! - [`upstream`]: the connections to the API server (one shared HTTP/2 connection for ordinary
-//!   requests, HTTP/1.1 for bulk reads, HTTP/2 lanes for watches), rebuilt when the TLS material changes, dialling directly or
-//!   through an HTTP(S)/SOCKS5 proxy ([`upstream::egress`]).
+//!   requests, HTTP/1.1 for bulk reads, HTTP/2 lanes for watches), rebuilt when the TLS material
+//!   changes, dialling directly or through an HTTP(S)/SOCKS5 proxy ([`upstream::egress`]).
 //! - [`server`]: listener (TCP or unix socket), accept loop, connection limits, graceful drain.
 //! - [`router`]: path cleaning, prefix routing between the API and static files.
 //! - [`filter`]: kubectl's regex filter on path, method and Host.

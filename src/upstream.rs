@@ -20,14 +20,16 @@
 //!
 //! # Long-running requests
 //! Watches and followed logs hold an HTTP/2 stream open for minutes to hours, and the API server allows
-//! only so many concurrent streams per connection (`SETTINGS_MAX_CONCURRENT_STREAMS`, 100 on the API
-//! servers kproxy targets; Go's default is 250). On one shared connection the 101st watch would queue
-//! inside the HTTP/2 client, and every ordinary request behind it. So long-running requests do not use
-//! the ordinary client: [`StreamLanes`] spreads them over extra HTTP/2 connections ("lanes"), at most
-//! [`STREAMS_PER_LANE`] on each, opening a lane when all are full and closing empty ones. The ordinary
-//! client keeps its connection for short requests. A watch then costs one HTTP/2 stream (a few hundred
+//! only so many concurrent streams per connection (`SETTINGS_MAX_CONCURRENT_STREAMS`: Go's default is
+//! 250, and a server may set 100 or fewer). On one shared connection the next watch would queue inside
+//! the HTTP/2 client, and every ordinary request behind it. So long-running requests do not use the
+//! ordinary connection: [`StreamLanes`] spreads them over extra HTTP/2 connections ("lanes"), each
+//! filled up to the limit its server announced (at most [`MAX_STREAMS_PER_LANE`]; [`STREAMS_PER_LANE`]
+//! until a response has shown the limit), opening a lane when all are full and closing empty ones. The
+//! ordinary connection is kept for short requests. A watch then costs one HTTP/2 stream (a few hundred
 //! bytes of state, plus whatever the client has not read yet, bounded by the stream window), not a TCP
-//! and TLS connection of its own; 1,000 watches use 16 upstream connections. Against an HTTP/1.1-only
+//! and TLS connection of its own; 1,000 watches use 10 upstream connections against a server that
+//! allows 100 streams, 4 against one that allows 250. Against an HTTP/1.1-only
 //! upstream (`http://` servers, `DISABLE_HTTP2`) each long-running request needs its own connection
 //! anyway; the lanes then only partition the pools.
 
@@ -315,17 +317,22 @@ fn pooled_client(connector: shared::Handoff) -> UpstreamClient {
         .build(connector)
 }
 
-/// Long-running requests per lane: below the 100 concurrent streams the API server grants per HTTP/2
-/// connection, with room for a server configured lower (see the module doc).
+/// Long-running requests per lane until the lane's server has shown its own limit: below the 100
+/// concurrent streams RFC 9113 recommends servers allow, with room for a server configured lower.
 pub const STREAMS_PER_LANE: usize = 64;
+
+/// Long-running requests per lane at most, whatever the server allows: Go's default server limit. More
+/// streams per connection save connections (about 60 KiB each in kproxy, and a connection on the API
+/// server) but put more watches behind one TCP connection's losses.
+pub const MAX_STREAMS_PER_LANE: usize = 250;
 
 /// Bulk reads carried at once over HTTP/1.1 connections of their own (see the module doc); more share
 /// the HTTP/2 connection. Each such connection costs the API server a TLS handshake and kproxy about
 /// 40 KiB; past a few per core they add no throughput.
 pub const BULK_CONNECTIONS: usize = 16;
 
-/// The pooled clients that carry long-running requests, each with its own HTTP/2 connection and at most
-/// [`STREAMS_PER_LANE`] streams on it (see the module doc).
+/// The connections that carry long-running requests, each filled up to its server's stream limit (see
+/// the module doc).
 pub struct StreamLanes {
     /// Builds the client of a new lane; the same constructor as the ordinary client, so lanes dial the
     /// API server exactly as ordinary requests do.
@@ -337,6 +344,18 @@ struct Lane {
     client: Arc<Shared>,
     /// Long-running requests on this lane, from dispatch until their response body is dropped.
     open: Arc<AtomicUsize>,
+}
+
+impl Lane {
+    /// How many long-running requests this lane takes: the server's limit as this lane has seen it, or
+    /// as another lane (`known`) has; at most [`MAX_STREAMS_PER_LANE`], and [`STREAMS_PER_LANE`] until
+    /// some lane has seen it.
+    fn capacity(&self, known: Option<usize>) -> usize {
+        self.client
+            .stream_limit()
+            .or(known)
+            .map_or(STREAMS_PER_LANE, |n| n.min(MAX_STREAMS_PER_LANE))
+    }
 }
 
 /// A request's place in a bounded group (a lane, or the bulk connections), released on drop. Keep it as
@@ -371,9 +390,11 @@ impl StreamLanes {
         {
             lanes.pop();
         }
+        // Every lane goes to the same server: a limit one lane has seen holds for the others.
+        let known = lanes.iter().find_map(|l| l.client.stream_limit());
         let index = match lanes
             .iter()
-            .position(|l| l.open.load(Ordering::Acquire) < STREAMS_PER_LANE)
+            .position(|l| l.open.load(Ordering::Acquire) < l.capacity(known))
         {
             Some(i) => i,
             None => {

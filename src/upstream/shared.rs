@@ -28,7 +28,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -146,6 +146,8 @@ pub struct Shared {
     /// Numbers connections, so that a failed request retires the connection it failed on and not a
     /// newer one.
     next_id: AtomicU64,
+    /// The server's `SETTINGS_MAX_CONCURRENT_STREAMS` as last seen with a response (0: not yet).
+    stream_limit: AtomicUsize,
 }
 
 enum State {
@@ -181,6 +183,9 @@ impl Shared {
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_header_list_size(MAX_HEADER_LIST_SIZE)
             .max_send_buffer_size(MAX_SEND_BUFFER_SIZE)
+            // Until the server's SETTINGS arrive, at most 100 streams (hyper's choice; RFC 9113 §6.5.2
+            // recommends servers allow at least that many).
+            .initial_max_send_streams(100)
             .enable_push(false);
         Self {
             connector,
@@ -190,6 +195,7 @@ impl Shared {
             state: Mutex::new(if http2 { State::Idle } else { State::Http1 }),
             dialling: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(0),
+            stream_limit: AtomicUsize::new(0),
         }
     }
 
@@ -219,7 +225,20 @@ impl Shared {
                 Err(e) => return Err(SendError::Http2(e)),
             }
         };
-        send(sender, req).await
+        let limit = sender.current_max_send_streams();
+        let resp = send(sender, req).await?;
+        // A response means the server's SETTINGS, its first frame, have been applied.
+        self.stream_limit.store(limit.max(1), Ordering::Relaxed);
+        Ok(resp)
+    }
+
+    /// How many concurrent streams the server allows on this connection, once a response has shown
+    /// it (`usize::MAX` when the server sets no limit); `None` before that, or over HTTP/1.1.
+    pub fn stream_limit(&self) -> Option<usize> {
+        match self.stream_limit.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
     }
 
     /// The open connection, or what to use instead; `None` when a connection must be dialled.
