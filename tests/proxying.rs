@@ -777,3 +777,102 @@ async fn head_and_empty_bodies_keep_their_framing() {
         .is_empty());
     kp.stop().await;
 }
+
+/// An HTTP/2 server (TLS, ALPN `h2`) that resets the first `refuse` streams with `REFUSED_STREAM` and
+/// answers the rest with `200 ok`; returns its URL, its PKI and the count of streams it answered.
+async fn refusing_server(
+    refuse: usize,
+) -> (
+    String,
+    std::sync::Arc<Pki>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use rustls_pki_types::pem::PemObject;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let pki = Arc::new(Pki::new());
+    let issued = pki.server("apiserver", &[]);
+    let certs =
+        vec![rustls_pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap()];
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counted = answered.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, seen, answered) = (acceptor.clone(), seen.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut conn) = h2::server::handshake(tls).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    if seen.fetch_add(1, Ordering::SeqCst) < refuse {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    let mut body = respond
+                        .send_response(http::Response::new(()), false)
+                        .unwrap();
+                    let _ = body.send_data(Bytes::from_static(b"ok"), true);
+                }
+            });
+        }
+    });
+    (url, pki, answered)
+}
+
+#[tokio::test]
+async fn a_stream_the_server_refused_unprocessed_is_sent_again() {
+    use std::sync::atomic::Ordering;
+    let (url, pki, answered) = refusing_server(1).await;
+    let kc = kubeconfig(
+        pki.dir.path(),
+        "kc.yaml",
+        &url,
+        &format!("certificate-authority: {}", pki.ca_path.display()),
+        "token: t",
+    );
+    let kp = Kproxy::with_kubeconfig(&kc, &[]).await;
+    // The server refuses the first stream (RFC 9113 §8.7: not processed); Go's transport, and so kubectl
+    // proxy, sends such a request again, and so does kproxy for a bodyless GET.
+    let (status, _, body) = get(&format!("{}/api/v1/namespaces/default/pods/p", kp.url)).await;
+    assert_eq!(status, 200, "{body:?}");
+    assert_eq!(&body[..], b"ok");
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+    kp.stop().await;
+
+    // A POST is not sent twice: its refusal is the client's 502.
+    let (url, pki, answered) = refusing_server(1).await;
+    let kc = kubeconfig(
+        pki.dir.path(),
+        "kc.yaml",
+        &url,
+        &format!("certificate-authority: {}", pki.ca_path.display()),
+        "token: t",
+    );
+    let kp = Kproxy::with_kubeconfig(&kc, &[]).await;
+    let post = Request::post(format!("{}/api/v1/namespaces/default/pods", kp.url))
+        .body(full("{}"))
+        .unwrap();
+    let resp = send(post).await;
+    let (status, _, body) = collect(resp).await;
+    assert_status(status, &body, 502);
+    assert_eq!(answered.load(Ordering::SeqCst), 0);
+    kp.stop().await;
+}

@@ -199,10 +199,41 @@ impl Shared {
         }
     }
 
-    /// Sends `req` (absolute URI) and returns the response head. A request the connection refused
-    /// before taking it (the connection had just closed) is sent once more on a new connection, as
-    /// hyper-util's pool does.
+    /// Sends `req` (absolute URI) and returns the response head.
+    ///
+    /// Two failures are retried once, because the server has not seen the request:
+    /// - the connection was closing when the request was handed to it: sent again on a new
+    ///   connection, as hyper-util's pool does;
+    /// - the server refused the stream unprocessed (`REFUSED_STREAM`, or a `GOAWAY` whose last stream
+    ///   is below it: RFC 9113 §8.7): a bodyless GET, HEAD or OPTIONS is sent again, as Go's transport
+    ///   (and so kubectl proxy) does. An API server with `--goaway-chance` sends such GOAWAYs to
+    ///   rebalance clients, and a request that raced one would otherwise fail with a 502. The copy of
+    ///   the head kept for this costs a header map clone per such request.
     pub async fn request(&self, req: Request<Body>) -> Result<Response<Received>, SendError> {
+        let safe = matches!(
+            *req.method(),
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+        );
+        let again = (safe && req.body().is_end_stream()).then(|| {
+            let mut copy = Request::new(Body::empty());
+            *copy.method_mut() = req.method().clone();
+            *copy.uri_mut() = req.uri().clone();
+            *copy.headers_mut() = req.headers().clone();
+            copy
+        });
+        match self.request_once(req).await {
+            Err(SendError::Http2(e)) if unprocessed(&e) => match again {
+                Some(again) => {
+                    tracing::debug!(error = %e, "the API server refused the stream unprocessed: sending the request again");
+                    self.request_once(again).await
+                }
+                None => Err(SendError::Http2(e)),
+            },
+            answer => answer,
+        }
+    }
+
+    async fn request_once(&self, req: Request<Body>) -> Result<Response<Received>, SendError> {
         let mut retried = false;
         let sender = loop {
             let route = match self.route() {
@@ -322,6 +353,12 @@ impl Shared {
         };
         Ok(Route::Http2 { id, sender })
     }
+}
+
+/// Whether the server refused a stream without processing it (RFC 9113 §8.7): reset with
+/// `REFUSED_STREAM`, or above the last stream of the server's `GOAWAY`.
+fn unprocessed(e: &h2::Error) -> bool {
+    e.is_remote() && (e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM))
 }
 
 /// Starts `req`'s stream on a ready connection and waits for the response head. A request body is
