@@ -60,6 +60,12 @@ pub type UpgradeConnector = HttpsConnector<EgressConnector>;
 
 /// client-go's dial timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// client-go's TLS handshake timeout.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The bound on making one pooled connection: TCP (or the egress proxy's tunnel) and TLS. Without it a
+/// server that accepts TCP and never answers the TLS handshake would hold the dial, and with it every
+/// request waiting for the shared connection, until the client gave up.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(40);
 /// client-go's TCP keep-alive period for API server connections.
 pub const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 /// How long an idle pooled connection is kept (client-go: 90 s).
