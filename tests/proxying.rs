@@ -778,33 +778,16 @@ async fn head_and_empty_bodies_keep_their_framing() {
     kp.stop().await;
 }
 
-/// An HTTP/2 server (TLS, ALPN `h2`) that resets the first `refuse` streams with `REFUSED_STREAM` and
-/// answers the rest with `200 ok`; returns its URL, its PKI and the count of streams it answered.
-async fn refusing_server(
+/// kproxy in front of an HTTP/2 server (TLS, ALPN `h2`) that resets the first `refuse` streams with
+/// `REFUSED_STREAM` and answers the rest with `200 ok`; with the count of streams the server answered.
+async fn behind_a_refusing_server(
     refuse: usize,
-) -> (
-    String,
-    std::sync::Arc<Pki>,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
-    use rustls_pki_types::pem::PemObject;
+) -> (Kproxy, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     let pki = Arc::new(Pki::new());
-    let issued = pki.server("apiserver", &[]);
-    let certs =
-        vec![rustls_pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap()];
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let cfg = tls_server_config(&pki, "apiserver", &[b"h2"]);
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
     let seen = Arc::new(AtomicUsize::new(0));
@@ -834,13 +817,6 @@ async fn refusing_server(
             });
         }
     });
-    (url, pki, answered)
-}
-
-#[tokio::test]
-async fn a_stream_the_server_refused_unprocessed_is_sent_again() {
-    use std::sync::atomic::Ordering;
-    let (url, pki, answered) = refusing_server(1).await;
     let kc = kubeconfig(
         pki.dir.path(),
         "kc.yaml",
@@ -849,6 +825,18 @@ async fn a_stream_the_server_refused_unprocessed_is_sent_again() {
         "token: t",
     );
     let kp = Kproxy::with_kubeconfig(&kc, &[]).await;
+    // The CA file stays while kproxy runs (it watches it for changes).
+    tokio::spawn(async move {
+        let _pki = pki;
+        std::future::pending::<()>().await
+    });
+    (kp, answered)
+}
+
+#[tokio::test]
+async fn a_stream_the_server_refused_unprocessed_is_sent_again() {
+    use std::sync::atomic::Ordering;
+    let (kp, answered) = behind_a_refusing_server(1).await;
     // The server refuses the first stream (RFC 9113 §8.7: not processed); Go's transport, and so kubectl
     // proxy, sends such a request again, and so does kproxy for a bodyless GET.
     let (status, _, body) = get(&format!("{}/api/v1/namespaces/default/pods/p", kp.url)).await;
@@ -858,15 +846,7 @@ async fn a_stream_the_server_refused_unprocessed_is_sent_again() {
     kp.stop().await;
 
     // A POST is not sent twice: its refusal is the client's 502.
-    let (url, pki, answered) = refusing_server(1).await;
-    let kc = kubeconfig(
-        pki.dir.path(),
-        "kc.yaml",
-        &url,
-        &format!("certificate-authority: {}", pki.ca_path.display()),
-        "token: t",
-    );
-    let kp = Kproxy::with_kubeconfig(&kc, &[]).await;
+    let (kp, answered) = behind_a_refusing_server(1).await;
     let post = Request::post(format!("{}/api/v1/namespaces/default/pods", kp.url))
         .body(full("{}"))
         .unwrap();

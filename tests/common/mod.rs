@@ -656,6 +656,24 @@ fn bytes_response(n: u64) -> Response<BoxBody> {
         .unwrap()
 }
 
+/// A rustls server configuration with a certificate for localhost/127.0.0.1 from `pki`, offering `alpn`.
+pub fn tls_server_config(pki: &Pki, name: &str, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+    let issued = pki.server(name, &[]);
+    let certs =
+        vec![rustls_pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap()];
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
 /// The byte pattern used by `/bytes/N`: position modulo 251.
 pub fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()

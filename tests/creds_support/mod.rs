@@ -17,7 +17,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use kproxy::config::Config;
 use kproxy::env::MapEnv;
-use rustls_pki_types::pem::PemObject;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -323,22 +322,9 @@ async fn serve_socks5(mut c: TcpStream, log: Arc<Mutex<Vec<Tunnelled>>>) -> std:
     Ok(())
 }
 
-/// A rustls server configuration with a certificate for localhost/127.0.0.1 from `pki`.
+/// A rustls server configuration with a certificate for localhost/127.0.0.1 from `pki`, HTTP/1.1.
 pub fn server_config(pki: &Pki, name: &str) -> Arc<rustls::ServerConfig> {
-    let issued = pki.server(name, &[]);
-    let certs =
-        vec![rustls_pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap()];
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(cfg)
+    crate::common::tls_server_config(pki, name, &[b"http/1.1"])
 }
 
 // ---------------------------------------------------------------------------------------------------
