@@ -1167,3 +1167,66 @@ fn exec_and_port_forward_get_the_api_servers_answer() {
     assert!(!ours.is_empty());
     assert_eq!(ours, theirs);
 }
+
+// ---------------------------------------------------------------------------------------------------
+// GOAWAY
+
+#[test]
+#[ignore = "end-to-end: needs the real API server; run by tests/e2e.sh"]
+fn requests_racing_the_api_servers_goaway_are_sent_again() {
+    // A server of its own that ends an HTTP/2 connection with GOAWAY after 2% of its responses (the
+    // most `--goaway-chance` allows), as HA clusters run it to rebalance clients. A request whose stream
+    // the client opened after the server's GOAWAY is not processed (RFC 9113 §6.8); Go's transport sends
+    // it again, and so must kproxy, or the client gets a 502.
+    let ctx = Ctx::new("goaway");
+    let server = ApiServer::start_own(&ctx.dir.join("apiserver"), &["--goaway-chance=0.02"])
+        .unwrap_or_else(|e| panic!("the GOAWAY API server did not start: {e}"));
+    let kc = format!("--kubeconfig={}", server.kubeconfig("admin").display());
+    let (kp, url) = kproxy(&ctx, &[&kc], &[]);
+    let (_kubectl, kubectl_url) = kubectl_proxy(&ctx, &[&kc]);
+    let kubectl_counts = get_many(&kubectl_url);
+    let counts = get_many(&url);
+    eprintln!(
+        "{N} GETs, server with --goaway-chance=0.02: kubectl proxy {kubectl_counts:?}, kproxy {counts:?}"
+    );
+    let errors: Vec<String> = kp
+        .stderr_text()
+        .lines()
+        .filter(|l| l.contains("error") || l.contains("WARN"))
+        .take(10)
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        counts.get("200"),
+        Some(&N),
+        "{counts:?}\n{}",
+        errors.join("\n")
+    );
+}
+
+/// The number of GETs [`get_many`] sends.
+const N: usize = 3000;
+
+/// `N` GETs of one object through `proxy`, 32 at a time (curl `--parallel`): the count of each status.
+fn get_many(proxy: &str) -> std::collections::BTreeMap<String, usize> {
+    let target = format!("{proxy}/api/v1/namespaces/default");
+    let mut curl = std::process::Command::new("curl");
+    curl.args([
+        "-q",
+        "-s",
+        "-Z",
+        "--parallel-max",
+        "32",
+        "-w",
+        "%{http_code}\n",
+    ]);
+    for _ in 0..N {
+        curl.args(["-o", "/dev/null", &target]);
+    }
+    let out = curl.output().expect("curl");
+    let mut counts = std::collections::BTreeMap::new();
+    for code in String::from_utf8_lossy(&out.stdout).lines() {
+        *counts.entry(code.to_owned()).or_default() += 1;
+    }
+    counts
+}

@@ -31,7 +31,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, Uri};
@@ -216,11 +216,12 @@ impl Shared {
 
     /// Sends `req` (absolute URI) and returns the response head.
     ///
-    /// Two failures are retried once, because the server has not seen the request:
-    /// - the connection was closing when the request was handed to it: sent again on a new
+    /// Two failures are retried, because the server has not seen the request:
+    /// - the connection was closing when the request was handed to it: sent again (once) on a new
     ///   connection, as hyper-util's pool does;
     /// - the server refused the stream unprocessed (`REFUSED_STREAM`, or a `GOAWAY` whose last stream
-    ///   is below it: RFC 9113 §8.7): a bodyless GET, HEAD or OPTIONS is sent again, as Go's transport
+    ///   is below it: RFC 9113 §8.7): a bodyless GET, HEAD or OPTIONS is sent again, up to
+    ///   [`UNPROCESSED_RETRIES`] times, each on a new connection after a `GOAWAY`, as Go's transport
     ///   (and so kubectl proxy) does. An API server with `--goaway-chance` sends such GOAWAYs to
     ///   rebalance clients, and a request that raced one would otherwise fail with a 502. The copy of
     ///   the head kept for this costs a header map clone per such request.
@@ -229,26 +230,37 @@ impl Shared {
             *req.method(),
             http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
         );
-        let again = (safe && req.body().is_end_stream()).then(|| {
-            let mut copy = Request::new(Body::empty());
-            *copy.method_mut() = req.method().clone();
-            *copy.uri_mut() = req.uri().clone();
-            *copy.headers_mut() = req.headers().clone();
-            copy
-        });
-        match self.request_once(req).await {
-            Err(SendError::Http2(e)) if unprocessed(&e) => match again {
-                Some(again) => {
-                    tracing::debug!(error = %e, "the API server refused the stream unprocessed: sending the request again");
-                    self.request_once(again).await
+        let template = (safe && req.body().is_end_stream()).then(|| Head::of(&req));
+        let mut used = None;
+        let mut answer = self.request_once(req, &mut used).await;
+        for retry in 0..UNPROCESSED_RETRIES {
+            let e = match &answer {
+                Err(SendError::Http2(e)) if unprocessed(e) => e,
+                _ => break,
+            };
+            let Some(template) = &template else { break };
+            if e.is_go_away() {
+                // The connection is draining: the next request must not be handed to it.
+                if let Some(id) = used {
+                    self.retire(id);
                 }
-                None => Err(SendError::Http2(e)),
-            },
-            answer => answer,
+            }
+            tracing::debug!(error = %e, "the API server refused the stream unprocessed: sending the request again");
+            if retry > 0 {
+                // As Go's transport: the first retry at once, then backing off.
+                tokio::time::sleep(Duration::from_millis(10 << retry)).await;
+            }
+            answer = self.request_once(template.request(), &mut used).await;
         }
+        answer
     }
 
-    async fn request_once(&self, req: Request<Body>) -> Result<Response<Received>, SendError> {
+    /// One attempt; `used` is set to the HTTP/2 connection it went to.
+    async fn request_once(
+        &self,
+        req: Request<Body>,
+        used: &mut Option<u64>,
+    ) -> Result<Response<Received>, SendError> {
         let mut retried = false;
         let sender = loop {
             let route = match self.route() {
@@ -263,7 +275,10 @@ impl Shared {
                 }
             };
             match sender.ready().await {
-                Ok(sender) => break sender,
+                Ok(sender) => {
+                    *used = Some(id);
+                    break sender;
+                }
                 Err(_) if !retried => {
                     self.retire(id);
                     retried = true;
@@ -364,6 +379,33 @@ impl Shared {
             used: Instant::now(),
         };
         Ok(Route::Http2 { id, sender })
+    }
+}
+
+/// How many times a refused, unprocessed request is sent again (Go's transport: 6, with backoff from
+/// 1 s; here 10 ms doubling, 310 ms in all, since a refusal from a GOAWAY is answered by the next
+/// connection at once).
+const UNPROCESSED_RETRIES: u32 = 5;
+
+/// A request's method, URI and headers, kept to send it again.
+struct Head(http::Method, Uri, HeaderMap);
+
+impl Head {
+    fn of<B>(req: &Request<B>) -> Self {
+        Head(
+            req.method().clone(),
+            req.uri().clone(),
+            req.headers().clone(),
+        )
+    }
+
+    /// A bodyless request with this head.
+    fn request(&self) -> Request<Body> {
+        let mut req = Request::new(Body::empty());
+        *req.method_mut() = self.0.clone();
+        *req.uri_mut() = self.1.clone();
+        *req.headers_mut() = self.2.clone();
+        req
     }
 }
 

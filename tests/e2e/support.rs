@@ -109,12 +109,23 @@ impl ApiServer {
         Err(errors.join("; "))
     }
 
+    /// A server of the test's own, with extra kube-apiserver `flags`, in `dir`; it stops when dropped
+    /// (its stdin closes).
+    pub fn start_own(dir: &Path, flags: &[&str]) -> Result<ApiServer, String> {
+        ApiServer::start_once_with(&required_env("KPROXY_E2E_APISERVER"), dir, flags)
+    }
+
     fn start_once(bin: &str, dir: &Path) -> Result<ApiServer, String> {
+        ApiServer::start_once_with(bin, dir, &[])
+    }
+
+    fn start_once_with(bin: &str, dir: &Path, flags: &[&str]) -> Result<ApiServer, String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         let stderr_path = dir.join("stderr.txt");
         let stderr = std::fs::File::create(&stderr_path).map_err(|e| e.to_string())?;
         let started = Instant::now();
         let mut child = Command::new(bin)
+            .args(flags)
             .env("TESTENV_DIR", dir)
             .env("TESTENV_STDIN_EOF_EXIT", "1")
             .stdin(Stdio::piped())
