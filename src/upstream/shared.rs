@@ -382,9 +382,9 @@ impl Shared {
     }
 }
 
-/// How many times a refused, unprocessed request is sent again (Go's transport: 6, with backoff from
-/// 1 s; here 10 ms doubling, 310 ms in all, since a refusal from a GOAWAY is answered by the next
-/// connection at once).
+/// How many times a refused, unprocessed request is sent again: at once, then after 20, 40, 80 and
+/// 160 ms (Go's transport: 6 times, backing off from 1 s; a refusal by GOAWAY is answered by the next
+/// connection at once, so kproxy starts sooner).
 const UNPROCESSED_RETRIES: u32 = 5;
 
 /// A request's method, URI and headers, kept to send it again.
