@@ -15,8 +15,8 @@
 //! What hyper's client did and this module does too: flow control (received data is released as the
 //! client reads it, so a slow client holds the server back instead of kproxy buffering), request
 //! bodies streamed with backpressure, trailers both ways, `content-length` from an exact body size (by
-//! Go's rule, which differs from hyper's for empty bodies),
-//! keep-alive pings ([`H2_PING_INTERVAL`], [`H2_PING_TIMEOUT`], as client-go's HTTP/2 health check).
+//! Go's rule, which differs from hyper's for empty bodies), keep-alive pings ([`H2_PING_INTERVAL`],
+//! [`H2_PING_TIMEOUT`], as client-go's HTTP/2 health check).
 //! The windows are fixed, as Go's are ([`STREAM_WINDOW`], [`CONNECTION_WINDOW`]), where hyper grew
 //! them from 64 KiB by measuring; large reads mostly go over HTTP/1.1 anyway
 //! ([`super::BULK_CONNECTIONS`]).
@@ -56,7 +56,7 @@ pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 1 << 30;
 /// Largest response header block accepted (Go: 10 MB; hyper: 16 KiB).
 pub const MAX_HEADER_LIST_SIZE: u32 = 1024 * 1024;
-/// Bytes of request body queued per connection before the sender waits (hyper's default).
+/// Bytes of request body queued per stream before the sender waits (hyper's default).
 pub const MAX_SEND_BUFFER_SIZE: usize = 1024 * 1024;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
