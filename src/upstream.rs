@@ -62,10 +62,12 @@ pub type UpgradeConnector = HttpsConnector<EgressConnector>;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// client-go's TLS handshake timeout.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The bound on making one pooled connection: TCP (or the egress proxy's tunnel) and TLS. Without it a
-/// server that accepts TCP and never answers the TLS handshake would hold the dial, and with it every
-/// request waiting for the shared connection, until the client gave up.
-pub const DIAL_TIMEOUT: Duration = Duration::from_secs(40);
+/// The bound on making one upstream connection (pooled, lane or upgrade tunnel): TCP (or the egress
+/// proxy's tunnel) and TLS. Without it a server that accepts TCP and never answers the TLS handshake
+/// would hold the dial, and with it every request waiting for the shared connection, until the client
+/// gave up.
+pub const DIAL_TIMEOUT: Duration =
+    Duration::from_secs(CONNECT_TIMEOUT.as_secs() + TLS_HANDSHAKE_TIMEOUT.as_secs());
 /// client-go's TCP keep-alive period for API server connections.
 pub const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 /// How long an idle pooled connection is kept (client-go: 90 s).
@@ -77,6 +79,23 @@ pub const POOL_MAX_IDLE_PER_HOST: usize = 64;
 pub const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// See [`H2_PING_INTERVAL`].
 pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `dial` (a connector's future), failed after [`DIAL_TIMEOUT`]. Every upstream dial goes through it.
+pub(crate) async fn bounded_dial<T, F>(dial: F) -> Result<T, BoxError>
+where
+    F: std::future::Future<Output = Result<T, BoxError>>,
+{
+    tokio::time::timeout(DIAL_TIMEOUT, dial)
+        .await
+        .unwrap_or_else(|_| {
+            Err(
+                format!("no connection after {DIAL_TIMEOUT:?} (TCP connect and TLS handshake)")
+                    .into(),
+            )
+        })
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Builds the TCP connector shared by ordinary requests and upgrades.
 pub fn http_connector(keepalive: Option<Duration>) -> HttpConnector {

@@ -41,7 +41,7 @@ use hyper_util::client::legacy::connect::Connection as _;
 use hyper_util::rt::TokioIo;
 use tower::ServiceExt as _;
 
-use super::{UpstreamClient, DIAL_TIMEOUT, H2_PING_INTERVAL, H2_PING_TIMEOUT, POOL_IDLE_TIMEOUT};
+use super::{UpstreamClient, H2_PING_INTERVAL, H2_PING_TIMEOUT, POOL_IDLE_TIMEOUT};
 use crate::body::Body;
 use crate::metrics::CountConnections;
 
@@ -101,24 +101,9 @@ impl tower::Service<Uri> for Handoff {
     fn call(&mut self, uri: Uri) -> Self::Future {
         match self.parked.lock().unwrap_or_else(|e| e.into_inner()).take() {
             Some(io) => Box::pin(std::future::ready(Ok(io))),
-            None => Box::pin(bounded(self.inner.call(uri))),
+            None => Box::pin(super::bounded_dial(self.inner.call(uri))),
         }
     }
-}
-
-/// `dial`, failed after [`DIAL_TIMEOUT`].
-async fn bounded<F>(dial: F) -> Result<Io, BoxError>
-where
-    F: Future<Output = Result<Io, BoxError>>,
-{
-    tokio::time::timeout(DIAL_TIMEOUT, dial)
-        .await
-        .unwrap_or_else(|_| {
-            Err(
-                format!("no connection after {DIAL_TIMEOUT:?} (TCP connect and TLS handshake)")
-                    .into(),
-            )
-        })
 }
 
 /// Why a request got no response from the API server.
@@ -352,7 +337,7 @@ impl Shared {
             *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Http1;
             return Ok(Route::Http1);
         }
-        let io = bounded(self.connector.clone().oneshot(uri.clone()))
+        let io = super::bounded_dial(self.connector.clone().oneshot(uri.clone()))
             .await
             .map_err(SendError::Connect)?;
         if !io.connected().is_negotiated_h2() {
