@@ -255,42 +255,19 @@ fn build(
 ) -> Connectors {
     let config = tls.client_config();
     let server_name = tls.server_name().cloned();
-    let connector = |http2| {
-        let dial = egress(tls, route, Some(TCP_KEEPALIVE));
-        CountConnections::new(
-            https(&config, server_name.as_ref(), http2, dial),
-            stats.clone(),
-        )
+    let dial = Dialler {
+        tls: tls.clone(),
+        route: route.clone(),
+        config: config.clone(),
+        server_name: server_name.clone(),
+        stats: stats.clone(),
     };
-    // Bulk reads: HTTP/1.1 keep-alive connections, one per concurrent read, same TLS material and route.
-    let handoff = shared::Handoff::new(connector(false));
-    let bulk = pooled_client(handoff.clone());
-    let client = Shared::new(connector(http2), bulk.clone(), handoff, http2);
+    let client = Shared::new(dial.connector(http2), dial.connector(false), http2);
+    // Bulk reads: the ordinary connection's HTTP/1.1 pool, one connection per concurrent read.
+    let bulk = client.http1().clone();
     // Long-running requests get connections of their own, dialled exactly like the ordinary one.
-    let lanes = {
-        let (tls, route) = (tls.clone(), route.clone());
-        let (config, server_name, stats) = (config.clone(), server_name.clone(), stats.clone());
-        StreamLanes::new(move || {
-            let connector = |http2| {
-                CountConnections::new(
-                    https(
-                        &config,
-                        server_name.as_ref(),
-                        http2,
-                        egress(&tls, &route, Some(TCP_KEEPALIVE)),
-                    ),
-                    stats.clone(),
-                )
-            };
-            let handoff = shared::Handoff::new(connector(false));
-            Shared::new(
-                connector(http2),
-                pooled_client(handoff.clone()),
-                handoff,
-                http2,
-            )
-        })
-    };
+    let lanes =
+        StreamLanes::new(move || Shared::new(dial.connector(http2), dial.connector(false), http2));
     // Upgrades speak HTTP/1.1 over a dedicated connection, with the same TLS material and route.
     let upgrade = https(
         &config,
@@ -328,17 +305,38 @@ fn https(
     }
 }
 
+/// How every pooled connection is made: TLS material, route, counted for the metrics.
+struct Dialler {
+    tls: Arc<TlsState>,
+    route: Arc<Route>,
+    config: rustls::ClientConfig,
+    server_name: Option<rustls_pki_types::ServerName<'static>>,
+    stats: Arc<UpstreamStats>,
+}
+
+impl Dialler {
+    /// A connector offering HTTP/2 and HTTP/1.1 by ALPN when `http2`, else HTTP/1.1 only.
+    fn connector(&self, http2: bool) -> shared::Connector {
+        CountConnections::new(
+            https(
+                &self.config,
+                self.server_name.as_ref(),
+                http2,
+                egress(&self.tls, &self.route, Some(TCP_KEEPALIVE)),
+            ),
+            self.stats.clone(),
+        )
+    }
+}
+
+/// An HTTP/1.1 keep-alive pool dialling with `connector` (its connections never speak HTTP/2, so
+/// none of hyper-util's HTTP/2 settings apply).
 fn pooled_client(connector: shared::Handoff) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-        .http2_keep_alive_interval(H2_PING_INTERVAL)
-        .http2_keep_alive_timeout(H2_PING_TIMEOUT)
-        .http2_keep_alive_while_idle(false)
-        // Large LISTs and downloads need more than HTTP/2's 64 KiB default window to run at line rate.
-        .http2_adaptive_window(true)
         .build(connector)
 }
 

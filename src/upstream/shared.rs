@@ -77,7 +77,7 @@ pub struct Handoff {
 
 impl Handoff {
     /// Dials with `inner`.
-    pub fn new(inner: Connector) -> Self {
+    fn new(inner: Connector) -> Self {
         Self {
             inner,
             parked: Arc::new(Mutex::new(None)),
@@ -174,9 +174,11 @@ enum Route {
 }
 
 impl Shared {
-    /// A shared connection dialled by `connector`; `http2: false` (or a server that does not negotiate
-    /// HTTP/2) sends everything through `http1`, a pool that dials with `handoff`.
-    pub fn new(connector: Connector, http1: UpstreamClient, handoff: Handoff, http2: bool) -> Self {
+    /// A shared connection dialled by `connector`. With `http2: false`, or when the server does not
+    /// negotiate HTTP/2, requests go through an HTTP/1.1 pool that dials with `http1`.
+    pub fn new(connector: Connector, http1: Connector, http2: bool) -> Self {
+        let handoff = Handoff::new(http1);
+        let http1 = super::pooled_client(handoff.clone());
         let mut builder = h2::client::Builder::new();
         builder
             .initial_window_size(STREAM_WINDOW)
@@ -276,6 +278,11 @@ impl Shared {
         // A response means the server's SETTINGS, its first frame, have been applied.
         self.stream_limit.store(limit.max(1), Ordering::Relaxed);
         Ok(resp)
+    }
+
+    /// The HTTP/1.1 pool (bulk reads use it too).
+    pub fn http1(&self) -> &UpstreamClient {
+        &self.http1
     }
 
     /// How many concurrent streams the server allows on this connection, once a response has shown
