@@ -249,7 +249,7 @@ impl Shared {
         used: &mut Option<u64>,
     ) -> Result<Response<Received>, SendError> {
         let mut retried = false;
-        let sender = loop {
+        let mut sender = loop {
             let route = match self.route() {
                 Some(route) => route,
                 None => self.dial(req.uri()).await?,
@@ -273,10 +273,13 @@ impl Shared {
                 Err(e) => return Err(SendError::Http2(e)),
             }
         };
-        let limit = sender.current_max_send_streams();
-        let resp = send(sender, req).await?;
-        // A response means the server's SETTINGS, its first frame, have been applied.
-        self.stream_limit.store(limit.max(1), Ordering::Relaxed);
+        let resp = send(&mut sender, req).await?;
+        // A response means the server's SETTINGS, its first frame, have been applied, so the limit
+        // read now is the server's (before, it may still be the initial 100).
+        let limit = sender.current_max_send_streams().max(1);
+        if self.stream_limit.load(Ordering::Relaxed) != limit {
+            self.stream_limit.store(limit, Ordering::Relaxed);
+        }
         Ok(resp)
     }
 
@@ -410,7 +413,7 @@ fn unprocessed(e: &h2::Error) -> bool {
 /// Starts `req`'s stream on a ready connection and waits for the response head. A request body is
 /// streamed by a task of its own, so the response can arrive (and be relayed) before the body ends.
 async fn send(
-    mut sender: h2::client::SendRequest<Bytes>,
+    sender: &mut h2::client::SendRequest<Bytes>,
     req: Request<Body>,
 ) -> Result<Response<Received>, SendError> {
     let (parts, body) = req.into_parts();
