@@ -838,14 +838,26 @@ async fn a_stream_the_server_refused_unprocessed_is_sent_again() {
     use std::sync::atomic::Ordering;
     let (kp, answered) = behind_a_refusing_server(1).await;
     // The server refuses the first stream (RFC 9113 §8.7: not processed); Go's transport, and so kubectl
-    // proxy, sends such a request again, and so does kproxy for a bodyless GET.
+    // proxy, sends such a request again, and so does kproxy for a request without a body.
     let (status, _, body) = get(&format!("{}/api/v1/namespaces/default/pods/p", kp.url)).await;
     assert_eq!(status, 200, "{body:?}");
     assert_eq!(&body[..], b"ok");
     assert_eq!(answered.load(Ordering::SeqCst), 1);
     kp.stop().await;
 
-    // A POST is not sent twice: its refusal is the client's 502.
+    // Nor is the method what matters: a bodyless DELETE is sent again too, as Go's transport does for
+    // any request without a body.
+    let (kp, answered) = behind_a_refusing_server(1).await;
+    let delete = Request::delete(format!("{}/api/v1/namespaces/default/pods/p", kp.url))
+        .body(full(""))
+        .unwrap();
+    let (status, _, body) = collect(send(delete).await).await;
+    assert_eq!(status, 200, "{body:?}");
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+    kp.stop().await;
+
+    // A request with a body is not sent twice (kproxy does not keep bodies): its refusal is the
+    // client's 502, as with kubectl proxy, whose Go transport cannot rewind a proxied body either.
     let (kp, answered) = behind_a_refusing_server(1).await;
     let post = Request::post(format!("{}/api/v1/namespaces/default/pods", kp.url))
         .body(full("{}"))

@@ -207,17 +207,14 @@ impl Shared {
     /// - the connection was closing when the request was handed to it: sent again (once) on a new
     ///   connection, as hyper-util's pool does;
     /// - the server refused the stream unprocessed (`REFUSED_STREAM`, or a `GOAWAY` whose last stream
-    ///   is below it: RFC 9113 §8.7): a bodyless GET, HEAD or OPTIONS is sent again, up to
-    ///   [`UNPROCESSED_RETRIES`] times, each on a new connection after a `GOAWAY`, as Go's transport
-    ///   (and so kubectl proxy) does. An API server with `--goaway-chance` sends such GOAWAYs to
+    ///   is below it: RFC 9113 §8.7): a request without a body, whatever its method, is sent again, up
+    ///   to [`UNPROCESSED_RETRIES`] times, each on a new connection after a `GOAWAY`, as Go's transport
+    ///   (and so kubectl proxy) does. A request with a body is not: kproxy streams bodies and keeps
+    ///   none, and Go cannot rewind a proxied body either. An API server with `--goaway-chance` sends such GOAWAYs to
     ///   rebalance clients, and a request that raced one would otherwise fail with a 502. The copy of
     ///   the head kept for this costs a header map clone per such request.
     pub async fn request(&self, req: Request<Body>) -> Result<Response<Received>, SendError> {
-        let safe = matches!(
-            *req.method(),
-            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
-        );
-        let template = (safe && req.body().is_end_stream()).then(|| Head::of(&req));
+        let template = req.body().is_end_stream().then(|| Head::of(&req));
         let mut used = None;
         let mut answer = self.request_once(req, &mut used).await;
         for retry in 0..UNPROCESSED_RETRIES {
