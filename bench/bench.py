@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""kproxy benchmark driver: direct vs `kubectl proxy` vs kproxy, alternated over rounds.
+"""kproxy benchmark driver: direct vs `kubectl proxy` vs nginx as a proxy vs kproxy, alternated over rounds.
 
 Standard library only. `bench/run.sh` installs the tools and calls `bench.py run`; the `watch-server`
 and `watch-client` subcommands are helpers that `run` starts itself.
@@ -195,6 +195,52 @@ http {{
     return conf
 
 
+def nginx_proxy_conf(tmp, port, upstream_port, token):
+    """nginx as the peer proxy: plain HTTP in, the bearer token injected, TLS to the upstream over a
+    keep-alive pool, like kproxy. Tuned for it: responses stream (`proxy_buffering off`, as watches
+    need) through 64 KiB buffers; nginx's 4 KiB default halves its LIST rate."""
+    conf = os.path.join(tmp, "nginx-proxy.conf")
+    with open(conf, "w") as f:
+        f.write(f"""daemon off;
+master_process off;
+worker_rlimit_nofile 16384;
+pid {tmp}/nginx-proxy.pid;
+error_log {tmp}/nginx-proxy-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/nginx-proxy-body;
+    proxy_temp_path {tmp}/nginx-proxy-proxy;
+    fastcgi_temp_path {tmp}/nginx-proxy-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-proxy-uwsgi;
+    scgi_temp_path {tmp}/nginx-proxy-scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    upstream api {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 128;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass https://api;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "Bearer {token}";
+            proxy_ssl_session_reuse on;
+            proxy_buffering off;
+            proxy_buffer_size 64k;
+            proxy_buffers 4 64k;
+            proxy_busy_buffers_size 128k;
+            proxy_read_timeout 600s;
+        }}
+    }}
+}}
+""")
+    return conf
+
+
 # --------------------------------------------------------------------------------------------------
 # watch upstream and client (subcommands)
 
@@ -356,6 +402,24 @@ class Bench:
 
     # --- targets
 
+    def start_nginx_proxy(self):
+        """Starts the nginx peer (fresh each round, as the other proxies); returns (process, port)."""
+        port = free_port()
+        conf = nginx_proxy_conf(self.tmp, port, self.nginx_port, self.token)
+        p = self.spawn(["nginx", "-c", conf, "-e", f"{self.tmp}/nginx-proxy-error.log"],
+                       self.a.server_cpu, stdout=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            r = run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2",
+                     f"http://127.0.0.1:{port}/version"], 5)
+            if r.stdout == "200":
+                return p, port
+            if p.poll() is not None:
+                break
+            time.sleep(0.05)
+        stop(p)
+        raise RuntimeError("the nginx proxy did not come up; see nginx-proxy-error.log (--keep-tmp)")
+
     def start_proxy(self, target, kubeconfig):
         """Starts a proxy; returns (process, port, seconds from exec to the startup line)."""
         binary = self.kproxy if target == "kproxy" else self.kubectl
@@ -398,6 +462,13 @@ class Bench:
         proc = None
         if target == "direct":
             pid, port = self.nginx.pid, None
+        elif target == "nginx":
+            # No startup figure: nginx reads no kubeconfig, so its start is not the same work.
+            proc, port = self.start_nginx_proxy()
+            pid = proc.pid
+            time.sleep(0.5)
+            self.add(target, "rss_idle_mib", status_kib(pid, "VmRSS") / 1024)
+            self.add(target, "rss_anon_idle_mib", status_kib(pid, "RssAnon") / 1024)
         else:
             # exec → listening, several starts.
             for _ in range(a.starts):
@@ -438,7 +509,7 @@ class Bench:
                 self.add(target, "download_mbps", self.download(target, base, hdr))
         finally:
             stop(proc)
-        if target != "direct":
+        if target in ("kubectl", "kproxy"):
             self.watches(target, "h1")
             self.watches(target, "h2")
         log(f"round {rnd} {target}: " + ", ".join(
@@ -489,11 +560,10 @@ class Bench:
         a = self.a
         started = time.time()
         self.setup()
-        for target in ("direct", "kubectl", "kproxy"):  # warm caches, first-run effects
-            if target != "direct":
-                p, _, _ = self.start_proxy(target, self.kubeconfig)
-                stop(p)
-        order = ["direct", "kubectl", "kproxy"]
+        for target in ("kubectl", "kproxy"):  # warm caches, first-run effects
+            p, _, _ = self.start_proxy(target, self.kubeconfig)
+            stop(p)
+        order = ["direct", "kubectl", "nginx", "kproxy"]
         for rnd in range(1, a.rounds + 1):
             if time.time() - started > a.max_seconds:
                 log("time budget spent; stopping early")
@@ -676,13 +746,14 @@ def fmt(entry, digits):
 
 
 def table(s):
-    rows = [["figure", "direct", "kubectl proxy", "kproxy", "kproxy/direct", "kproxy/kubectl"]]
+    rows = [["figure", "direct", "kubectl proxy", "nginx proxy", "kproxy", "kproxy/direct",
+             "kproxy/kubectl", "kproxy/nginx"]]
     for key, label, _, digits in METRICS:
         cells = [label]
-        for t in ("direct", "kubectl", "kproxy"):
+        for t in ("direct", "kubectl", "nginx", "kproxy"):
             cells.append(fmt(s.get(t, {}).get(key), digits))
         k = s.get("kproxy", {}).get(key, {}).get("median")
-        for t in ("direct", "kubectl"):
+        for t in ("direct", "kubectl", "nginx"):
             o = s.get(t, {}).get(key, {}).get("median")
             cells.append(f"{k / o:.2f}" if k is not None and o else "—")
         rows.append(cells)
@@ -761,7 +832,8 @@ def main():
     r.add_argument("--max-seconds", type=int, default=540, help="stop starting new rounds after this")
     r.add_argument("--kproxy", default=os.path.join(REPO, "target/release/kproxy"))
     r.add_argument("--kubectl", default="kubectl")
-    r.add_argument("--targets", default="direct,kubectl,kproxy", type=lambda s: s.split(","))
+    r.add_argument("--targets", default="direct,kubectl,nginx,kproxy", type=lambda s: s.split(","),
+                   help="nginx: nginx as a reverse proxy in kproxy's place, the peer for calibration")
     r.add_argument("--json", default=os.path.join(HERE, "results/latest.json"))
     r.add_argument("--keep-tmp", action="store_true")
     w = sub.add_parser("watch-server")

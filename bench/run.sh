@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command for the kproxy benchmark: installs nginx, wrk and curl from Debian when missing, builds
-# the release binary, then runs bench.py (direct vs `kubectl proxy` vs kproxy, alternated over rounds).
+# the release binary, then runs bench.py (direct vs `kubectl proxy` vs nginx as a proxy vs kproxy, alternated
+# over rounds).
 # Arguments are passed to `bench.py run` (see `bench/bench.py run --help`), e.g. `bench/run.sh --rounds 5`.
 # Output: a table on stdout and bench/results/latest.json.
 set -euo pipefail
