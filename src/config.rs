@@ -73,6 +73,8 @@ pub struct Config {
     pub plugin_env: PluginEnv,
     /// Credential and certificate refresh timings: the documented defaults; tests shorten them here.
     pub timing: Timing,
+    /// The bound on one upstream dial, TCP plus TLS: [`crate::upstream::DIAL_TIMEOUT`]; tests shorten it.
+    pub dial_timeout: Duration,
     // ---- operations (admin listener, access log, hot reload) ----
     /// `--admin-address`: where `/healthz`, `/readyz` and `/metrics` are served (`None`: nowhere).
     pub admin_address: Option<String>,
@@ -271,6 +273,7 @@ impl Config {
             proxy_env,
             plugin_env: PluginEnv::capture(env),
             timing: Timing::default(),
+            dial_timeout: crate::upstream::DIAL_TIMEOUT,
             admin_address,
             access_log: cli.access_log,
             poll_interval: cli
@@ -354,6 +357,7 @@ pub fn build_router(config: &Config, lifecycle: &Lifecycle) -> Result<Arc<Router
         config.route.clone(),
         config.http2,
         config.keepalive,
+        config.dial_timeout,
         stats,
     ));
     let credentials = Credentials::new(

@@ -73,14 +73,14 @@ impl Upgrader {
         server: &Server,
     ) -> Result<Response<Body>, ProxyError> {
         let upstream = server.to_string();
-        let dial = self.upstream.connectors().upgrade.clone().call(uri.clone());
-        let io =
-            crate::upstream::bounded_dial(dial)
-                .await
-                .map_err(|e| ProxyError::Unreachable {
-                    upstream: upstream.clone(),
-                    cause: chain(&*e),
-                })?;
+        let connectors = self.upstream.connectors();
+        let dial = connectors.upgrade.clone().call(uri.clone());
+        let io = crate::upstream::bounded_dial(connectors.dial_timeout, dial)
+            .await
+            .map_err(|e| ProxyError::Unreachable {
+                upstream: upstream.clone(),
+                cause: chain(&*e),
+            })?;
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake::<_, Body>(io)
             .await

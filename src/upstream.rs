@@ -80,19 +80,15 @@ pub const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// See [`H2_PING_INTERVAL`].
 pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// `dial` (a connector's future), failed after [`DIAL_TIMEOUT`]. Every upstream dial goes through it.
-pub(crate) async fn bounded_dial<T, F>(dial: F) -> Result<T, BoxError>
+/// `dial` (a connector's future), failed after `limit` ([`DIAL_TIMEOUT`] outside tests). Every upstream
+/// dial goes through it.
+pub(crate) async fn bounded_dial<T, F>(limit: Duration, dial: F) -> Result<T, BoxError>
 where
     F: std::future::Future<Output = Result<T, BoxError>>,
 {
-    tokio::time::timeout(DIAL_TIMEOUT, dial)
-        .await
-        .unwrap_or_else(|_| {
-            Err(
-                format!("no connection after {DIAL_TIMEOUT:?} (TCP connect and TLS handshake)")
-                    .into(),
-            )
-        })
+    tokio::time::timeout(limit, dial).await.unwrap_or_else(|_| {
+        Err(format!("no connection after {limit:?} (TCP connect and TLS handshake)").into())
+    })
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -118,6 +114,8 @@ pub struct Connectors {
     pub bulk: UpstreamClient,
     /// The connector for upgrade tunnels.
     pub upgrade: UpgradeConnector,
+    /// The bound on each dial (see [`bounded_dial`]).
+    pub dial_timeout: Duration,
     /// The clients for long-running requests.
     pub lanes: StreamLanes,
 }
@@ -143,6 +141,8 @@ pub struct Upstream {
     http2: bool,
     /// TCP keep-alive for upgrade connections (`--keepalive`).
     upgrade_keepalive: Option<Duration>,
+    /// The bound on each dial: [`DIAL_TIMEOUT`] outside tests.
+    dial_timeout: Duration,
     /// Where the pools count their connections (metrics).
     stats: Arc<UpstreamStats>,
     current: RwLock<Arc<Connectors>>,
@@ -153,22 +153,33 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// The way to the API server along `route` with `tls`; connections are counted in `stats`.
+    /// The way to the API server along `route` with `tls`; connections are counted in `stats`, and each
+    /// dial is bounded by `dial_timeout`.
     pub fn new(
         tls: Arc<TlsState>,
         route: Route,
         http2: bool,
         upgrade_keepalive: Option<Duration>,
+        dial_timeout: Duration,
         stats: Arc<UpstreamStats>,
     ) -> Self {
         let route = Arc::new(route);
         let generation = tls.generation();
-        let current = build(&tls, &route, http2, upgrade_keepalive, &stats, generation);
+        let current = build(
+            &tls,
+            &route,
+            http2,
+            upgrade_keepalive,
+            dial_timeout,
+            &stats,
+            generation,
+        );
         Self {
             tls,
             route,
             http2,
             upgrade_keepalive,
+            dial_timeout,
             stats,
             current: RwLock::new(Arc::new(current)),
             rebuild: Mutex::new(()),
@@ -220,6 +231,7 @@ impl Upstream {
             &self.route,
             self.http2,
             self.upgrade_keepalive,
+            self.dial_timeout,
             &self.stats,
             generation,
         ));
@@ -250,6 +262,7 @@ fn build(
     route: &Arc<Route>,
     http2: bool,
     upgrade_keepalive: Option<Duration>,
+    dial_timeout: Duration,
     stats: &Arc<UpstreamStats>,
     generation: u64,
 ) -> Connectors {
@@ -262,12 +275,23 @@ fn build(
         server_name: server_name.clone(),
         stats: stats.clone(),
     };
-    let client = Shared::new(dial.connector(http2), dial.connector(false), http2);
+    let client = Shared::new(
+        dial.connector(http2),
+        dial.connector(false),
+        http2,
+        dial_timeout,
+    );
     // Bulk reads: the ordinary connection's HTTP/1.1 pool, one connection per concurrent read.
     let bulk = client.http1().clone();
     // Long-running requests get connections of their own, dialled exactly like the ordinary one.
-    let lanes =
-        StreamLanes::new(move || Shared::new(dial.connector(http2), dial.connector(false), http2));
+    let lanes = StreamLanes::new(move || {
+        Shared::new(
+            dial.connector(http2),
+            dial.connector(false),
+            http2,
+            dial_timeout,
+        )
+    });
     // Upgrades speak HTTP/1.1 over a dedicated connection, with the same TLS material and route.
     let upgrade = https(
         &config,
@@ -280,6 +304,7 @@ fn build(
         client,
         bulk,
         upgrade,
+        dial_timeout,
         lanes,
     }
 }

@@ -94,6 +94,56 @@ async fn upstream_closing_without_answer_is_a_502_status() {
 }
 
 #[tokio::test]
+async fn a_server_that_never_answers_the_tls_handshake_is_a_503_after_the_dial_bound() {
+    // An "API server" that accepts TCP, reads the ClientHello and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let _ = accepted_tx.send(());
+            tokio::spawn(async move {
+                let mut sink = tokio::io::sink();
+                let _ = tokio::io::copy(&mut s, &mut sink).await;
+            });
+        }
+    });
+    let pki = Pki::new();
+    let server = format!("https://{addr}");
+    let kc = kubeconfig(
+        pki.dir.path(),
+        "kc.yaml",
+        &server,
+        &format!("certificate-authority: {}", pki.ca_path.display()),
+        "token: t",
+    );
+    let bound = std::time::Duration::from_millis(300);
+    let kc_flag = format!("--kubeconfig={}", kc.display());
+    let kp = Kproxy::start_with(&[&kc_flag], kproxy::env::MapEnv::default(), |c| {
+        c.dial_timeout = bound;
+    })
+    .await
+    .unwrap();
+    // Ordinary requests waiting on the one shared dial, and a watch, which dials a lane of its own.
+    let started = std::time::Instant::now();
+    let urls = [
+        format!("{}/api/v1/pods", kp.url),
+        format!("{}/api/v1/namespaces", kp.url),
+        format!("{}/api/v1/pods?watch=true", kp.url),
+    ];
+    let answers = futures_util::future::join_all(urls.iter().map(|u| get(u))).await;
+    let took = started.elapsed();
+    for (url, (status, _, body)) in urls.iter().zip(&answers) {
+        let msg = assert_status(*status, body, 503);
+        assert!(msg.contains(&server), "{url}: {msg}");
+        assert!(msg.contains("TLS handshake"), "{url}: {msg}");
+    }
+    assert!(took >= bound, "answered after {took:?}, before the bound");
+    accepted.recv().await.expect("kproxy never dialled");
+    kp.stop().await;
+}
+
+#[tokio::test]
 async fn upstream_failing_mid_body_aborts_that_response_only() {
     // The upstream sends its head and a first chunk, then fails once the test says so.
     let (fail_tx, fail_rx) = tokio::sync::oneshot::channel::<()>();

@@ -72,14 +72,16 @@ type Io = <Connector as tower::Service<Uri>>::Response;
 #[derive(Clone)]
 pub struct Handoff {
     inner: Connector,
+    dial_timeout: Duration,
     parked: Arc<Mutex<Option<Io>>>,
 }
 
 impl Handoff {
-    /// Dials with `inner`.
-    fn new(inner: Connector) -> Self {
+    /// Dials with `inner`, each dial bounded by `dial_timeout`.
+    fn new(inner: Connector, dial_timeout: Duration) -> Self {
         Self {
             inner,
+            dial_timeout,
             parked: Arc::new(Mutex::new(None)),
         }
     }
@@ -101,7 +103,7 @@ impl tower::Service<Uri> for Handoff {
     fn call(&mut self, uri: Uri) -> Self::Future {
         match self.parked.lock().unwrap_or_else(|e| e.into_inner()).take() {
             Some(io) => Box::pin(std::future::ready(Ok(io))),
-            None => Box::pin(super::bounded_dial(self.inner.call(uri))),
+            None => Box::pin(super::bounded_dial(self.dial_timeout, self.inner.call(uri))),
         }
     }
 }
@@ -135,6 +137,8 @@ impl SendError {
 /// HTTP/1.1 pool when the server does not speak HTTP/2 (see the module doc).
 pub struct Shared {
     connector: Connector,
+    /// The bound on each dial (`super::bounded_dial`).
+    dial_timeout: Duration,
     builder: h2::client::Builder,
     /// Requests go here when the server chose HTTP/1.1, or when HTTP/2 is off.
     http1: UpstreamClient,
@@ -176,8 +180,13 @@ enum Route {
 impl Shared {
     /// A shared connection dialled by `connector`. With `http2: false`, or when the server does not
     /// negotiate HTTP/2, requests go through an HTTP/1.1 pool that dials with `http1`.
-    pub fn new(connector: Connector, http1: Connector, http2: bool) -> Self {
-        let handoff = Handoff::new(http1);
+    pub fn new(
+        connector: Connector,
+        http1: Connector,
+        http2: bool,
+        dial_timeout: Duration,
+    ) -> Self {
+        let handoff = Handoff::new(http1, dial_timeout);
         let http1 = super::pooled_client(handoff.clone());
         let mut builder = h2::client::Builder::new();
         builder
@@ -191,6 +200,7 @@ impl Shared {
             .enable_push(false);
         Self {
             connector,
+            dial_timeout,
             builder,
             http1,
             handoff,
@@ -344,9 +354,12 @@ impl Shared {
             *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Http1;
             return Ok(Route::Http1);
         }
-        let io = super::bounded_dial(self.connector.clone().oneshot(uri.clone()))
-            .await
-            .map_err(SendError::Connect)?;
+        let io = super::bounded_dial(
+            self.dial_timeout,
+            self.connector.clone().oneshot(uri.clone()),
+        )
+        .await
+        .map_err(SendError::Connect)?;
         if !io.connected().is_negotiated_h2() {
             // The server chose HTTP/1.1. The HTTP/1.1 pool gets this connection as its first, and the
             // question is not asked again until the TLS material (and with it this value) is rebuilt.
