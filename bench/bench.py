@@ -335,7 +335,9 @@ class Bench:
     def __init__(self, args):
         self.a = args
         self.tmp = tempfile.mkdtemp(prefix="kproxy-bench-")
-        self.token = secrets.token_hex(16)
+        # 32 characters by default. Real bearer tokens (service-account JWTs, EKS and OIDC tokens) are
+        # about 1 KB; `--token-bytes 1200` measures that case (see bench/README.md).
+        self.token = secrets.token_hex(getattr(args, "token_bytes", 32) // 2)
         self.procs = []
         self.samples = {}  # (target, metric) -> [values]
         self.kproxy = os.path.abspath(args.kproxy)
@@ -794,6 +796,7 @@ def main_run(args):
     result = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "layout": {"load_cpu": args.load_cpu, "server_cpu": args.server_cpu, "rounds": args.rounds,
+                   "token_bytes": args.token_bytes,
                    "duration_s": args.duration, "watches": args.watches, "elapsed_s": round(elapsed, 1)},
         "versions": {
             "kubectl": kubectl_version(b.kubectl),
@@ -834,6 +837,8 @@ def main():
     r.add_argument("--kubectl", default="kubectl")
     r.add_argument("--targets", default="direct,kubectl,nginx,kproxy", type=lambda s: s.split(","),
                    help="nginx: nginx as a reverse proxy in kproxy's place, the peer for calibration")
+    r.add_argument("--token-bytes", type=int, default=32,
+                   help="length of the bearer token (real ones are about 1,000)")
     r.add_argument("--json", default=os.path.join(HERE, "results/latest.json"))
     r.add_argument("--keep-tmp", action="store_true")
     w = sub.add_parser("watch-server")
