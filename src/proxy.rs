@@ -135,7 +135,8 @@ impl Proxy {
                         *again.method_mut() = method;
                         *again.uri_mut() = uri;
                         *again.headers_mut() = headers;
-                        (resp, lease) = self.send(again, class).await?;
+                        // Boxed, as rare: see `Proxy::send`'s size in its callers' futures.
+                        (resp, lease) = Box::pin(self.send(again, class)).await?;
                         if resp.status() == StatusCode::UNAUTHORIZED {
                             if let Some(renewed) = renewed {
                                 self.auth.credentials.rejected(renewed);

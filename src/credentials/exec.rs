@@ -205,6 +205,13 @@ impl ExecAuth {
             }
             state.runs
         };
+        // Boxed: a run (the process, its pipes, the timeout) makes a future of kilobytes, and every
+        // request's future would carry, and copy, that room for what happens once an hour.
+        Box::pin(self.renew(seen)).await
+    }
+
+    /// Runs the plugin, unless a request that held the lock before did since `seen`.
+    async fn renew(&self, seen: u64) -> Result<Credential, CredentialError> {
         let _running = self.run.lock().await;
         {
             let state = self.lock();

@@ -172,6 +172,13 @@ impl OidcAuth {
             }
             state.runs
         };
+        // Boxed: the refresh (an HTTPS exchange with the identity provider) makes a future of
+        // kilobytes, which every request's future would otherwise carry and copy.
+        Box::pin(self.renew(seen)).await
+    }
+
+    /// Refreshes the token, unless a request that held the lock before did since `seen`.
+    async fn renew(&self, seen: u64) -> Result<Credential, CredentialError> {
         let _refreshing = self.refresh.lock().await;
         {
             let state = self.lock();

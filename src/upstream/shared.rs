@@ -226,13 +226,29 @@ impl Shared {
     pub async fn request(&self, req: Request<Body>) -> Result<Response<Received>, SendError> {
         let template = req.body().is_end_stream().then(|| Head::of(&req));
         let mut used = None;
-        let mut answer = self.request_once(req, &mut used).await;
+        let answer = self.request_once(req, &mut used).await;
+        match template {
+            Some(template) if matches!(&answer, Err(SendError::Http2(e)) if unprocessed(e)) => {
+                // Boxed: a second attempt's future and the back-off timer, kept out of every request's
+                // future (which is moved, whole, through each layer above) for what seldom happens.
+                Box::pin(self.resend(answer, template, used)).await
+            }
+            _ => answer,
+        }
+    }
+
+    /// Sends `template` again after `answer`, a refusal of the request unprocessed, on connection `used`.
+    async fn resend(
+        &self,
+        mut answer: Result<Response<Received>, SendError>,
+        template: Head,
+        mut used: Option<u64>,
+    ) -> Result<Response<Received>, SendError> {
         for retry in 0..UNPROCESSED_RETRIES {
             let e = match &answer {
                 Err(SendError::Http2(e)) if unprocessed(e) => e,
                 _ => break,
             };
-            let Some(template) = &template else { break };
             if e.is_go_away() {
                 // The connection is draining: the next request must not be handed to it.
                 if let Some(id) = used {
@@ -259,7 +275,7 @@ impl Shared {
         let mut sender = loop {
             let route = match self.route() {
                 Some(route) => route,
-                None => self.dial(req.uri()).await?,
+                None => Box::pin(self.dial(req.uri())).await?,
             };
             let (id, sender) = match route {
                 Route::Http2 { id, sender } => (id, sender),
