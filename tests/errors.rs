@@ -18,6 +18,17 @@ async fn closed_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// A kubeconfig for `server` trusting `pki`'s CA, with a static token.
+fn kubeconfig_trusting(pki: &Pki, server: &str) -> std::path::PathBuf {
+    kubeconfig(
+        pki.dir.path(),
+        "kc.yaml",
+        server,
+        &format!("certificate-authority: {}", pki.ca_path.display()),
+        "token: t",
+    )
+}
+
 async fn assert_still_serving(kp: &Kproxy) {
     let (status, _, body) = get(&format!("{}/version", kp.url)).await;
     assert_eq!(status, 200, "kproxy stopped serving");
@@ -29,13 +40,7 @@ async fn refused_upstream_is_a_503_status_naming_server_and_cause() {
     let port = closed_port().await;
     let pki = Pki::new();
     let server = format!("https://127.0.0.1:{port}");
-    let kc = kubeconfig(
-        pki.dir.path(),
-        "kc.yaml",
-        &server,
-        &format!("certificate-authority: {}", pki.ca_path.display()),
-        "token: t",
-    );
+    let kc = kubeconfig_trusting(&pki, &server);
     let kp = Kproxy::with_kubeconfig(&kc, &[]).await;
     let (status, headers, body) = get(&format!("{}/api/v1/pods", kp.url)).await;
     let msg = assert_status(status, &body, 503);
@@ -51,13 +56,7 @@ async fn untrusted_server_certificate_is_a_502_status() {
     let api = FakeApi::builder().start().await;
     // A kubeconfig trusting some other CA.
     let other = Pki::new();
-    let kc = kubeconfig(
-        other.dir.path(),
-        "kc.yaml",
-        &api.url,
-        &format!("certificate-authority: {}", other.ca_path.display()),
-        "token: t",
-    );
+    let kc = kubeconfig_trusting(&other, &api.url);
     let kp = Kproxy::with_kubeconfig(&kc, &[]).await;
     let (status, _, body) = get(&format!("{}/api/v1/pods", kp.url)).await;
     let msg = assert_status(status, &body, 502);
@@ -110,13 +109,7 @@ async fn a_server_that_never_answers_the_tls_handshake_is_a_503_after_the_dial_b
     });
     let pki = Pki::new();
     let server = format!("https://{addr}");
-    let kc = kubeconfig(
-        pki.dir.path(),
-        "kc.yaml",
-        &server,
-        &format!("certificate-authority: {}", pki.ca_path.display()),
-        "token: t",
-    );
+    let kc = kubeconfig_trusting(&pki, &server);
     let bound = std::time::Duration::from_millis(300);
     let kc_flag = format!("--kubeconfig={}", kc.display());
     let kp = Kproxy::start_with(&[&kc_flag], kproxy::env::MapEnv::default(), |c| {
