@@ -275,6 +275,8 @@ impl Shared {
         let mut sender = loop {
             let route = match self.route() {
                 Some(route) => route,
+                // Boxed: once per connection, and the dial's future (TLS connector, timeout, 3.7 KB)
+                // would otherwise be carried, and copied, by every request's future.
                 None => Box::pin(self.dial(req.uri())).await?,
             };
             let (id, sender) = match route {
