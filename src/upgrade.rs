@@ -73,9 +73,8 @@ impl Upgrader {
         server: &Server,
     ) -> Result<Response<Body>, ProxyError> {
         let upstream = server.to_string();
-        let connectors = self.upstream.connectors();
-        let dial = connectors.upgrade.clone().call(uri.clone());
-        let io = crate::upstream::bounded_dial(connectors.dial_timeout, dial)
+        let dial = self.upstream.connectors().upgrade.clone().call(uri.clone());
+        let io = crate::upstream::bounded_dial(self.upstream.dial_timeout(), dial)
             .await
             .map_err(|e| ProxyError::Unreachable {
                 upstream: upstream.clone(),

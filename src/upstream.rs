@@ -114,8 +114,6 @@ pub struct Connectors {
     pub bulk: UpstreamClient,
     /// The connector for upgrade tunnels.
     pub upgrade: UpgradeConnector,
-    /// The bound on each dial (see [`bounded_dial`]).
-    pub dial_timeout: Duration,
     /// The clients for long-running requests.
     pub lanes: StreamLanes,
 }
@@ -207,6 +205,11 @@ impl Upstream {
     /// The route connections take.
     pub fn route(&self) -> &Route {
         &self.route
+    }
+
+    /// The bound on each dial (see [`bounded_dial`]).
+    pub fn dial_timeout(&self) -> Duration {
+        self.dial_timeout
     }
 
     /// The connectors for the current TLS material, after checking certificate files if that is due.
@@ -304,7 +307,6 @@ fn build(
         client,
         bulk,
         upgrade,
-        dial_timeout,
         lanes,
     }
 }
