@@ -145,8 +145,11 @@ pub struct Shared {
     /// `http1`'s dialler, to give it the connection that found out.
     handoff: Handoff,
     state: Mutex<State>,
-    /// Held while dialling, so a burst of first requests makes one connection.
-    dialling: tokio::sync::Mutex<()>,
+    /// Held while dialling, so a burst of first requests makes one connection; holds how the last dial
+    /// failed, if it did, for the requests that waited on it.
+    dialling: tokio::sync::Mutex<Option<DialFailed>>,
+    /// Dials finished, to tell a request that waited on a dial from one that came after it.
+    dials: AtomicU64,
     /// Numbers connections, so that a failed request retires the connection it failed on and not a
     /// newer one.
     next_id: AtomicU64,
@@ -205,7 +208,8 @@ impl Shared {
             http1,
             handoff,
             state: Mutex::new(if http2 { State::Idle } else { State::Http1 }),
-            dialling: tokio::sync::Mutex::new(()),
+            dialling: tokio::sync::Mutex::new(None),
+            dials: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
             stream_limit: AtomicUsize::new(0),
         }
@@ -361,12 +365,37 @@ impl Shared {
         }
     }
 
-    /// Dials the API server (one dial at a time; a request that waited uses what the dial made).
+    /// Dials the API server, one dial at a time. A request that waited for a dial gets what it made: the
+    /// connection, or its failure. Go's transport shares an in-flight dial's outcome the same way;
+    /// dialling again in turn instead would keep the Nth request waiting on a hung server for N bounds.
     async fn dial(&self, uri: &Uri) -> Result<Route, SendError> {
-        let _one = self.dialling.lock().await;
+        let seen = self.dials.load(Ordering::Acquire);
+        let mut last = self.dialling.lock().await;
         if let Some(route) = self.route() {
             return Ok(route);
         }
+        if let Some(failed) = last.as_ref() {
+            if self.dials.load(Ordering::Acquire) != seen {
+                return Err(SendError::Connect(Box::new(failed.clone())));
+            }
+        }
+        let result = match self.connect(uri).await {
+            Err(SendError::Connect(e)) => {
+                let failed = DialFailed(Arc::new(e));
+                *last = Some(failed.clone());
+                Err(SendError::Connect(Box::new(failed)))
+            }
+            other => {
+                *last = None;
+                other
+            }
+        };
+        self.dials.fetch_add(1, Ordering::Release);
+        result
+    }
+
+    /// Makes the connection (TCP, TLS, the HTTP/2 handshake) and records it as the current one.
+    async fn connect(&self, uri: &Uri) -> Result<Route, SendError> {
         if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
             // No TLS, no ALPN: hyper speaks HTTP/1.1 to `http://` servers, as Go does.
             *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Http1;
@@ -402,6 +431,23 @@ impl Shared {
             used: Instant::now(),
         };
         Ok(Route::Http2 { id, sender })
+    }
+}
+
+/// A dial's failure, shared by the requests that waited for that dial. It reads as the original (its
+/// message, and the original as its source, so TLS causes are still found and named).
+#[derive(Debug, Clone)]
+struct DialFailed(Arc<BoxError>);
+
+impl std::fmt::Display for DialFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for DialFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&**self.0)
     }
 }
 
