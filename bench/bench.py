@@ -43,6 +43,20 @@ def free_port():
         return s.getsockname()[1]
 
 
+def answers_200(probe, proc, seconds=10):
+    """Polls `probe` (a curl run whose output starts with the status) until it answers 200, `proc`
+    exits, or `seconds` pass."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        r = probe()
+        if r.returncode == 0 and r.stdout.startswith("200"):
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
 def pinned(cpu):
     if cpu is None:
         return None
@@ -383,14 +397,8 @@ class Bench:
         with open(os.path.join(self.tmp, "report.lua"), "w") as f:
             f.write(WRK_LUA)
         # nginx answers once it is up; wait for it (bounded).
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            r = self.curl_direct("/version", timeout=2)
-            if r.returncode == 0 and r.stdout.startswith("200"):
-                break
-            time.sleep(0.05)
-        else:
-            raise RuntimeError(f"nginx did not come up: {r.stdout} {r.stderr}")
+        if not answers_200(lambda: self.curl_direct("/version", timeout=2), self.nginx):
+            raise RuntimeError("nginx did not come up; see nginx-error.log (--keep-tmp)")
         r = run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", f"{self.tmp}/ca.crt",
                  f"https://127.0.0.1:{self.nginx_port}/version"], 5)
         if r.stdout != "401":
@@ -410,15 +418,10 @@ class Bench:
         conf = nginx_proxy_conf(self.tmp, port, self.nginx_port, self.token)
         p = self.spawn(["nginx", "-c", conf, "-e", f"{self.tmp}/nginx-proxy-error.log"],
                        self.a.server_cpu, stdout=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            r = run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2",
-                     f"http://127.0.0.1:{port}/version"], 5)
-            if r.stdout == "200":
-                return p, port
-            if p.poll() is not None:
-                break
-            time.sleep(0.05)
+        probe = lambda: run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",  # noqa: E731
+                             "--max-time", "2", f"http://127.0.0.1:{port}/version"], 5)
+        if answers_200(probe, p):
+            return p, port
         stop(p)
         raise RuntimeError("the nginx proxy did not come up; see nginx-proxy-error.log (--keep-tmp)")
 
