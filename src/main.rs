@@ -5,10 +5,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
+use kproxy::app::config::{self, Config, Lifecycle, EXIT_USAGE};
+use kproxy::app::server::Listener;
 use kproxy::cli::Cli;
-use kproxy::config::{self, Config, Lifecycle, EXIT_USAGE};
 use kproxy::env::ProcessEnv;
-use kproxy::server::Listener;
 
 /// mimalloc instead of the system allocator: each proxied request makes a few dozen short-lived
 /// allocations (header maps, frames, futures), and glibc's malloc/free took about 16% of the
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    kproxy::logging::init(cli.verbosity, std::env::var("RUST_LOG").ok().as_deref());
+    kproxy::telemetry::logging::init(cli.verbosity, std::env::var("RUST_LOG").ok().as_deref());
 
     let runtime = match runtime() {
         Ok(rt) => rt,

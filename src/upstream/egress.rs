@@ -35,7 +35,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower::Service;
 
-use crate::env::Env;
+use crate::base::env::Env;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -533,7 +533,7 @@ impl Write for EgressStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::env::MapEnv;
+    use crate::base::env::MapEnv;
 
     fn env(vars: &[(&str, &str)]) -> ProxyEnv {
         ProxyEnv::from_env(&MapEnv::new(vars.iter().copied()))

@@ -42,8 +42,8 @@ use hyper_util::rt::TokioIo;
 use tower::ServiceExt as _;
 
 use super::{UpstreamClient, H2_PING_INTERVAL, H2_PING_TIMEOUT, POOL_IDLE_TIMEOUT};
-use crate::body::Body;
-use crate::metrics::CountConnections;
+use crate::telemetry::metrics::CountConnections;
+use crate::wire::body::Body;
 
 /// HTTP/2 receive window per stream: what one response may have in flight unread. hyper's fixed
 /// default; Go's is 4 MiB. A client that stops reading holds at most this much in kproxy per stream.
@@ -594,7 +594,7 @@ async fn drive<T>(
         }
     };
     if let Err(e) = ended.await {
-        tracing::debug!(error = %crate::error::chain(&e), "upstream HTTP/2 connection ended");
+        tracing::debug!(error = %crate::proxy::error::chain(&e), "upstream HTTP/2 connection ended");
     }
     closed.store(true, Ordering::Release);
 }

@@ -25,10 +25,10 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use kproxy::app::config::{Config, Listen};
+use kproxy::app::server::Listener;
 use kproxy::cli::Cli;
-use kproxy::config::{Config, Listen};
 use kproxy::env::MapEnv;
-use kproxy::server::Listener;
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
 };
@@ -779,8 +779,8 @@ impl Kproxy {
         let (tx, rx) = oneshot::channel::<()>();
         // Everything that reads credentials happens here, before this returns, as in main.rs: build
         // errors (bad keys) surface now, and a test may change files on disk right after.
-        let lifecycle = kproxy::config::Lifecycle::new(&config);
-        let router = kproxy::config::build_router(&config, &lifecycle)?;
+        let lifecycle = kproxy::app::config::Lifecycle::new(&config);
+        let router = kproxy::app::config::build_router(&config, &lifecycle)?;
         let ops = kproxy::Ops::prepare(&config).await?;
         let task = tokio::spawn(async move {
             let shutdown = async move {

@@ -3,7 +3,7 @@
 //! on the pod IP (kubelet probes come from there) while the proxy itself stays on `127.0.0.1`.
 //!
 //! - `/healthz` (also `/livez`): `200 ok` while the process serves requests.
-//! - `/metrics`: the Prometheus text format ([`crate::metrics`]).
+//! - `/metrics`: the Prometheus text format ([`crate::telemetry::metrics`]).
 //! - `/readyz`: `200 ok`, or `503` with the reason, by this rule:
 //!   1. kproxy is shutting down → not ready;
 //!   2. the most recent credential event is a failure (a refresh that failed, or a request that could
@@ -29,9 +29,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::Body;
-use crate::config::{Lifecycle, StartupError};
-use crate::reload::Routers;
+use crate::app::config::{Lifecycle, StartupError};
+use crate::app::reload::Routers;
+use crate::wire::body::Body;
 
 /// An upstream answer this recent makes kproxy ready without probing.
 pub const ANSWER_WINDOW: Duration = Duration::from_secs(5 * 60);
@@ -126,7 +126,7 @@ pub async fn readiness(routers: &Routers, lifecycle: &Lifecycle) -> Result<(), S
         .is_some_and(|(at, _)| at.elapsed() < PROBE_INTERVAL);
     if !fresh {
         let snapshot = routers.current();
-        let (result, seen) = crate::observe::scoped(tokio::time::timeout(
+        let (result, seen) = crate::telemetry::observe::scoped(tokio::time::timeout(
             PROBE_TIMEOUT,
             snapshot.router.proxy().probe(),
         ))
@@ -252,7 +252,7 @@ async fn answer(
             let mut resp = text(StatusCode::OK, routers.telemetry().metrics.render());
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                HeaderValue::from_static(crate::telemetry::metrics::CONTENT_TYPE),
             );
             resp
         }

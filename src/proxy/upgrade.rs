@@ -32,11 +32,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
-use crate::body::Body;
-use crate::error::{chain, ProxyError};
-use crate::headers::strip_hop_by_hop;
-use crate::kubeconfig::Server;
+use crate::kube::kubeconfig::Server;
+use crate::proxy::error::{chain, ProxyError};
 use crate::upstream::Upstream;
+use crate::wire::body::Body;
+use crate::wire::headers::strip_hop_by_hop;
 
 /// Opens upgrade tunnels and keeps track of them for shutdown.
 #[derive(Clone)]

@@ -9,10 +9,15 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Lifecycle, StartupError};
-use crate::reload::{self, Routers};
-use crate::router::Router;
-use crate::server::{self, Listener};
+pub mod admin;
+pub mod config;
+pub mod reload;
+pub mod server;
+
+use crate::app::config::{Config, Lifecycle, StartupError};
+use crate::app::reload::Routers;
+use crate::app::server::Listener;
+use crate::proxy::router::Router;
 
 /// What [`serve`] runs besides the proxy listener.
 #[derive(Debug, Default)]
@@ -29,7 +34,7 @@ impl Ops {
     /// registered would terminate the process.
     pub async fn prepare(config: &Config) -> Result<Ops, StartupError> {
         let admin = match &config.admin_address {
-            Some(address) => Some(crate::admin::bind(address).await?),
+            Some(address) => Some(crate::app::admin::bind(address).await?),
             None => None,
         };
         let hangup = match signal(SignalKind::hangup()) {
@@ -65,7 +70,7 @@ pub async fn serve(
         stop.clone(),
     ));
     let admin = ops.admin.map(|l| {
-        tokio::spawn(crate::admin::serve(
+        tokio::spawn(crate::app::admin::serve(
             l,
             routers.clone(),
             lifecycle.clone(),

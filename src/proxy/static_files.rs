@@ -10,7 +10,7 @@ use http::{Request, Response, StatusCode};
 use tower::ServiceExt;
 use tower_http::services::ServeDir;
 
-use crate::body::Body;
+use crate::wire::body::Body;
 
 /// The static file handler.
 pub struct StaticFiles {

@@ -24,12 +24,12 @@ use hyper::body::Incoming;
 use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, Config, Lifecycle, StartupError};
-use crate::env::Env;
-use crate::kubeconfig::{self, LoadOptions, PemSource, Source};
-use crate::metrics::UpstreamStats;
-use crate::observe::{self, ObservedBody, Telemetry};
-use crate::router::Router;
+use crate::app::config::{self, Config, Lifecycle, StartupError};
+use crate::base::env::Env;
+use crate::kube::kubeconfig::{self, LoadOptions, PemSource, Source};
+use crate::proxy::router::Router;
+use crate::telemetry::metrics::UpstreamStats;
+use crate::telemetry::observe::{self, ObservedBody, Telemetry};
 
 /// The configuration in force: a router and the statistics of its API server.
 pub struct Snapshot {

@@ -5,8 +5,10 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 
-use crate::credentials::{CredentialError, Credentials, Used};
-use crate::kubeconfig::Impersonation;
+pub mod credentials;
+
+use crate::auth::credentials::{CredentialError, Credentials, Used};
+use crate::kube::kubeconfig::Impersonation;
 
 static IMPERSONATE_USER: HeaderName = HeaderName::from_static("impersonate-user");
 static IMPERSONATE_UID: HeaderName = HeaderName::from_static("impersonate-uid");

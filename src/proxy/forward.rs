@@ -13,13 +13,13 @@ use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
-use crate::body::Body;
-use crate::error::{chain, ProxyError};
-use crate::headers::strip_hop_by_hop;
-use crate::kubeconfig::Server;
-use crate::upgrade::Upgrader;
+use crate::kube::kubeconfig::Server;
+use crate::proxy::error::{chain, ProxyError};
+use crate::proxy::upgrade::Upgrader;
 use crate::upstream::shared::{Received, SendError};
 use crate::upstream::{Lease, Upstream};
+use crate::wire::body::Body;
+use crate::wire::headers::strip_hop_by_hop;
 
 /// The `User-Agent` sent when the client sends none (kubectl sends its own in that case).
 pub const USER_AGENT: &str = concat!("kproxy/", env!("CARGO_PKG_VERSION"));
@@ -94,12 +94,14 @@ impl Proxy {
             .auth
             .apply(req.headers_mut())
             .await
-            .inspect_err(|_| crate::observe::credential_failed())?;
+            .inspect_err(|_| crate::telemetry::observe::credential_failed())?;
         if let Some(upgrade) = upgrade {
             // Boxed: the tunnel's future is large and rare; unboxed it would sit in every connection.
             let answer = Box::pin(self.upgrader.tunnel(req, uri, upgrade, &self.server)).await;
             // ops hook (observe): upgrades always speak HTTP/1.1 upstream.
-            crate::observe::upstream_answered(answer.is_ok().then_some(http::Version::HTTP_11));
+            crate::telemetry::observe::upstream_answered(
+                answer.is_ok().then_some(http::Version::HTTP_11),
+            );
             let resp = answer?;
             if resp.status() == StatusCode::UNAUTHORIZED {
                 if let Some(used) = used {
@@ -191,7 +193,7 @@ impl Proxy {
             Class::Ordinary => (connectors.client.request(req).await, None),
         };
         // ops hook (observe): readiness, metrics and the access log's protocol field.
-        crate::observe::upstream_answered(resp.as_ref().ok().map(|r| r.version()));
+        crate::telemetry::observe::upstream_answered(resp.as_ref().ok().map(|r| r.version()));
         Ok((resp.map_err(|e| self.classify(e))?, lease))
     }
 
@@ -242,7 +244,7 @@ impl Proxy {
             .auth
             .apply(headers)
             .await
-            .inspect_err(|_| crate::observe::credential_failed())?;
+            .inspect_err(|_| crate::telemetry::observe::credential_failed())?;
         let (resp, _) = self.send(req, Class::Ordinary).await?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED {

@@ -4,12 +4,12 @@
 //!
 //! Every upstream connection, whatever it carries, is dialled from the same TLS material and route: the
 //! shared connection for ordinary requests, the bulk client for large reads, the [`StreamLanes`] for
-//! long-running requests, and the upgrade tunnels of [`crate::upgrade`]. Anything that changes how
+//! long-running requests, and the upgrade tunnels of [`crate::proxy::upgrade`]. Anything that changes how
 //! kproxy reaches the API server (an upstream proxy, TLS settings) belongs in [`Upstream`], so that all
 //! four get it.
 //!
 //! # Bulk reads
-//! LISTs, log reads and OpenAPI documents ([`crate::proxy::is_bulk_read`]) can run to megabytes. On the
+//! LISTs, log reads and OpenAPI documents ([`crate::proxy::forward::is_bulk_read`]) can run to megabytes. On the
 //! shared HTTP/2 connection such a body is cut into 8–16 KiB DATA frames, each parsed, copied out of the
 //! TLS buffer into the frame decoder and flow-controlled, and it queues the small requests behind it on
 //! the one TCP connection. Bulk reads therefore go over pooled HTTP/1.1 keep-alive connections of their
@@ -45,9 +45,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::Body;
-use crate::metrics::{CountConnections, UpstreamStats};
-use crate::tls::TlsState;
+use crate::kube::tls::TlsState;
+use crate::telemetry::metrics::{CountConnections, UpstreamStats};
+use crate::wire::body::Body;
 use egress::{EgressConnector, Route};
 use shared::Shared;
 

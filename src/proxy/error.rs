@@ -3,10 +3,10 @@
 
 use http::{Response, StatusCode};
 
-use crate::body::Body;
-use crate::credentials::CredentialError;
-use crate::filter::Rejection;
-use crate::status;
+use crate::auth::credentials::CredentialError;
+use crate::proxy::filter::Rejection;
+use crate::wire::body::Body;
+use crate::wire::status;
 
 /// Why kproxy answered a request itself instead of relaying the API server's answer.
 #[derive(Debug, thiserror::Error)]

@@ -32,8 +32,8 @@ use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 
 use super::{bearer, Credential, CredentialError, PluginEnv, Used};
-use crate::kubeconfig::{PemSource, ResolvedConfig};
-use crate::tls::{self, ClientIdentity};
+use crate::kube::kubeconfig::{PemSource, ResolvedConfig};
+use crate::kube::tls::{self, ClientIdentity};
 
 /// The `ExecCredential` API versions client-go accepts (v1alpha1 was removed).
 pub const API_VERSIONS: [&str; 2] = [
@@ -227,7 +227,7 @@ impl ExecAuth {
         }
         let result = self.plugin.run(self.timeout).await;
         // ops hook (observe): refresh counters, and /readyz fails while the plugin fails.
-        crate::observe::credential_refreshed(result.is_ok());
+        crate::telemetry::observe::credential_refreshed(result.is_ok());
         let mut state = self.lock();
         state.runs += 1;
         match result {

@@ -20,11 +20,11 @@ use http::{Method, Request, Response, Uri, Version};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::access_log::{self, Format};
-use crate::admin::Health;
-use crate::body::{Body, BoxError};
-use crate::metrics::{MethodIndex, Metrics, UpstreamStats};
-use crate::reload::Snapshot;
+use crate::app::admin::Health;
+use crate::app::reload::Snapshot;
+use crate::telemetry::access_log::{self, Format};
+use crate::telemetry::metrics::{MethodIndex, Metrics, UpstreamStats};
+use crate::wire::body::{Body, BoxError};
 
 /// What observation needs, shared by the server, the router builds and the admin listener.
 #[derive(Debug)]
@@ -302,7 +302,7 @@ impl Record {
                     bytes_out: self.bytes_out,
                     duration,
                     proto: self.proto,
-                    upstream: (self.stats.label() != crate::metrics::NO_UPSTREAM)
+                    upstream: (self.stats.label() != crate::telemetry::metrics::NO_UPSTREAM)
                         .then(|| self.stats.label()),
                 },
             );

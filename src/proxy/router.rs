@@ -10,11 +10,11 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::body::Body;
-use crate::error::ProxyError;
-use crate::filter::Filter;
-use crate::proxy::Proxy;
-use crate::static_files::StaticFiles;
+use crate::proxy::error::ProxyError;
+use crate::proxy::filter::Filter;
+use crate::proxy::forward::Proxy;
+use crate::proxy::static_files::StaticFiles;
+use crate::wire::body::Body;
 
 /// Routes each request to the API proxy or the static files.
 pub struct Router {

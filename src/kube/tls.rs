@@ -16,7 +16,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::kubeconfig::{PemSource, TlsSettings};
+use crate::kube::kubeconfig::{PemSource, TlsSettings};
 
 /// Why TLS material could not be loaded. Messages name the file, never its contents.
 #[derive(Debug, thiserror::Error)]

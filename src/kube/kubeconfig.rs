@@ -16,7 +16,7 @@ use kube::config::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::env::Env;
+use crate::base::env::Env;
 
 /// The in-cluster service-account directory kubelet mounts.
 pub const DEFAULT_INCLUSTER_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";

@@ -27,9 +27,9 @@ use base64::Engine as _;
 use http::HeaderValue;
 use secrecy::ExposeSecret;
 
-use crate::env::Env;
-use crate::kubeconfig::ResolvedConfig;
-use crate::tls::{ClientIdentity, TLS_FILE_CHECK_PERIOD};
+use crate::base::env::Env;
+use crate::kube::kubeconfig::ResolvedConfig;
+use crate::kube::tls::{ClientIdentity, TLS_FILE_CHECK_PERIOD};
 use crate::upstream::egress::ProxyEnv;
 
 /// How long a token read from a file is used before the file is read again. client-go uses one minute

@@ -18,8 +18,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Lifecycle, Listen, StartupError};
-use crate::reload::Routers;
+use crate::app::config::{Lifecycle, Listen, StartupError};
+use crate::app::reload::Routers;
 
 /// Client connections served at once; further connections wait in the kernel backlog. Sized for a
 /// thousand watches over HTTP/1.1 (one connection each) with room to spare, and about 4 KiB of idle

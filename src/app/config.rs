@@ -8,19 +8,19 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::access_log;
+use crate::auth::credentials::{self, CredentialError, Credentials, PluginEnv, Timing};
 use crate::auth::{Auth, InvalidImpersonation};
+use crate::base::env::Env;
 use crate::cli::{Cli, DEFAULT_PORT};
-use crate::credentials::{self, CredentialError, Credentials, PluginEnv, Timing};
-use crate::env::Env;
-use crate::filter::{Filter, InvalidRegex};
-use crate::kubeconfig::{self, ConfigError, LoadOptions, Overrides, ResolvedConfig};
-use crate::observe::Telemetry;
-use crate::proxy::Proxy;
-use crate::router::Router;
-use crate::static_files::StaticFiles;
-use crate::tls::{TlsError, TlsState};
-use crate::upgrade::Upgrader;
+use crate::kube::kubeconfig::{self, ConfigError, LoadOptions, Overrides, ResolvedConfig};
+use crate::kube::tls::{TlsError, TlsState};
+use crate::proxy::filter::{Filter, InvalidRegex};
+use crate::proxy::forward::Proxy;
+use crate::proxy::router::Router;
+use crate::proxy::static_files::StaticFiles;
+use crate::proxy::upgrade::Upgrader;
+use crate::telemetry::access_log;
+use crate::telemetry::observe::Telemetry;
 use crate::upstream::egress::{ProxyEnv, Route};
 use crate::upstream::Upstream;
 
@@ -88,7 +88,7 @@ pub struct Config {
     /// The environment `cluster` was resolved with, for reloads.
     pub env: SharedEnv,
     /// The configuration files' contents as they were just before `cluster` was loaded.
-    pub baseline: crate::reload::Baseline,
+    pub baseline: crate::app::reload::Baseline,
 }
 
 /// The environment kept for reloads.
@@ -235,7 +235,7 @@ impl Config {
             },
         };
         // ops (hot reload): hash the files before reading them, so a change made meanwhile is seen.
-        let baseline = crate::reload::Baseline::before_load(&opts, env);
+        let baseline = crate::app::reload::Baseline::before_load(&opts, env);
         let cluster = kubeconfig::load(&opts, env)?;
         let admin_address = cli.admin_address.clone().filter(|a| !a.is_empty());
         if let Some(a) = &admin_address {

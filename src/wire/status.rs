@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::body::Body;
+use crate::wire::body::Body;
 
 /// The media type of every `Status` kproxy writes.
 pub const JSON: HeaderValue = HeaderValue::from_static("application/json");

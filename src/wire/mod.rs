@@ -1,0 +1,6 @@
+//! HTTP vocabulary shared by every layer that speaks HTTP: the response body type, the hop-by-hop
+//! header table and Kubernetes `Status` bodies.
+
+pub mod body;
+pub mod headers;
+pub mod status;
