@@ -17,21 +17,22 @@ pub use base::env;
 
 use std::future::Future;
 
-pub use app::config::{Config, StartupError};
+pub use app::config::{Config, Listen};
+pub use app::error::StartupError;
 pub use app::server::Listener;
-pub use app::{serve, Ops};
+pub use app::App;
 
 /// Runs kproxy on an already-bound listener until `shutdown` completes, then drains within
-/// `config.shutdown_grace`. This is the library entry point; tests bind `127.0.0.1:0` and call it.
-/// The admin listener, if configured, is bound here too.
+/// `config.shutdown_grace`. The library entry point for embedding; the admin listener, if configured,
+/// is bound here too.
 pub async fn run(
     config: Config,
     listener: Listener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartupError> {
-    let lifecycle = app::config::Lifecycle::new(&config);
-    let router = app::config::build_router(&config, &lifecycle)?;
-    let ops = Ops::prepare(&config).await?;
-    app::serve(config, listener, ops, router, lifecycle, shutdown).await;
+    App::with_listener(config, listener)
+        .await?
+        .serve(shutdown)
+        .await;
     Ok(())
 }

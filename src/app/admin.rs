@@ -16,7 +16,7 @@
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::config::{Lifecycle, StartupError};
+use crate::app::build::Lifecycle;
+use crate::app::error::StartupError;
 use crate::app::reload::Routers;
 use crate::wire::body::Body;
 
@@ -42,70 +43,6 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Admin connections served at once; probes and scrapes need few.
 pub const MAX_ADMIN_CONNECTIONS: usize = 32;
-
-/// Readiness inputs, updated by observed requests and read by `/readyz`. Times are milliseconds since
-/// `epoch` plus one, so 0 means "never".
-#[derive(Debug)]
-pub struct Health {
-    epoch: Instant,
-    last_answer: AtomicU64,
-    last_credential_ok: AtomicU64,
-    last_credential_failure: AtomicU64,
-    /// The last active probe: when, and its failure (`None`: it got an answer). The lock also keeps
-    /// concurrent readiness checks from probing twice.
-    probe: tokio::sync::Mutex<Option<(Instant, Option<String>)>>,
-}
-
-impl Default for Health {
-    fn default() -> Self {
-        Self {
-            epoch: Instant::now(),
-            last_answer: AtomicU64::new(0),
-            last_credential_ok: AtomicU64::new(0),
-            last_credential_failure: AtomicU64::new(0),
-            probe: tokio::sync::Mutex::new(None),
-        }
-    }
-}
-
-impl Health {
-    fn now(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64 + 1
-    }
-
-    /// The API server answered a request. Returns the time stored (ms since the epoch, plus one).
-    pub fn upstream_answered(&self) -> u64 {
-        let now = self.now();
-        self.last_answer.store(now, Relaxed);
-        now
-    }
-
-    /// A credential refresh succeeded.
-    pub fn credential_ok(&self) {
-        self.last_credential_ok.store(self.now(), Relaxed);
-    }
-
-    /// A credential refresh failed, or a request could not be given a credential.
-    pub fn credential_failed(&self) {
-        self.last_credential_failure.store(self.now(), Relaxed);
-    }
-
-    /// Rule 2: fails while the most recent credential event is a failure.
-    fn credential_verdict(&self) -> Result<(), String> {
-        let failed = self.last_credential_failure.load(Relaxed);
-        if failed > self.last_credential_ok.load(Relaxed) {
-            return Err(format!(
-                "credentials: the last attempt to obtain or refresh the credential failed {}s ago (the log says why); waiting for a refresh to succeed",
-                self.ago(failed).unwrap_or_default().as_secs()
-            ));
-        }
-        Ok(())
-    }
-
-    fn ago(&self, t: u64) -> Option<Duration> {
-        (t > 0).then(|| Duration::from_millis(self.now().saturating_sub(t)))
-    }
-}
 
 /// Whether kproxy is ready, and why not.
 pub async fn readiness(routers: &Routers, lifecycle: &Lifecycle) -> Result<(), String> {
@@ -126,7 +63,7 @@ pub async fn readiness(routers: &Routers, lifecycle: &Lifecycle) -> Result<(), S
         .is_some_and(|(at, _)| at.elapsed() < PROBE_INTERVAL);
     if !fresh {
         let snapshot = routers.current();
-        let (result, seen) = crate::telemetry::observe::scoped(tokio::time::timeout(
+        let (result, seen) = crate::telemetry::hooks::scoped(tokio::time::timeout(
             PROBE_TIMEOUT,
             snapshot.router.proxy().probe(),
         ))

@@ -1,33 +1,19 @@
-//! Turns the command line and environment into a validated [`Config`], and builds the request
-//! [`Router`] from it. Every startup failure is a [`StartupError`] with its exit code decided here.
+//! Turns the command line and environment into a validated [`Config`]: plain data, loaded once and
+//! again on every reload. What is built from it lives in [`crate::app::build`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-use crate::auth::credentials::{self, CredentialError, Credentials, PluginEnv, Timing};
-use crate::auth::{Auth, InvalidImpersonation};
+use crate::app::error::StartupError;
+use crate::app::watch::Baseline;
+use crate::auth::credentials::{PluginEnv, Timing};
 use crate::base::env::Env;
 use crate::cli::{Cli, DEFAULT_PORT};
 use crate::kube::kubeconfig::{self, ConfigError, LoadOptions, Overrides, ResolvedConfig};
-use crate::kube::tls::{TlsError, TlsState};
-use crate::proxy::filter::{Filter, InvalidRegex};
-use crate::proxy::forward::Proxy;
-use crate::proxy::router::Router;
-use crate::proxy::static_files::StaticFiles;
-use crate::proxy::upgrade::Upgrader;
+use crate::proxy::filter::Filter;
 use crate::telemetry::access_log;
-use crate::telemetry::observe::Telemetry;
 use crate::upstream::egress::{ProxyEnv, Route};
-use crate::upstream::Upstream;
-
-/// `EX_USAGE` from sysexits.h: the configuration is wrong.
-pub const EXIT_USAGE: u8 = 64;
-/// The generic failure code, for problems of the environment (a port in use).
-pub const EXIT_FAILURE: u8 = 1;
 
 /// What to listen on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +74,7 @@ pub struct Config {
     /// The environment `cluster` was resolved with, for reloads.
     pub env: SharedEnv,
     /// The configuration files' contents as they were just before `cluster` was loaded.
-    pub baseline: crate::app::reload::Baseline,
+    pub baseline: Baseline,
 }
 
 /// The environment kept for reloads.
@@ -106,47 +92,6 @@ impl std::fmt::Debug for SharedEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Environment values may hold secrets.
         f.write_str("SharedEnv(..)")
-    }
-}
-
-/// Why kproxy could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    /// Flags that contradict each other.
-    #[error("{0}")]
-    Usage(String),
-    /// The kubeconfig or in-cluster configuration.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// A filter regex.
-    #[error(transparent)]
-    Filter(#[from] InvalidRegex),
-    /// TLS material.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    /// Credentials.
-    #[error("credentials: {0}")]
-    Credential(#[from] CredentialError),
-    /// Impersonation values.
-    #[error(transparent)]
-    Impersonation(#[from] InvalidImpersonation),
-    /// The listener could not be created.
-    #[error("listen {addr}: {source}")]
-    Bind {
-        /// What was being bound.
-        addr: String,
-        /// Why it failed.
-        source: std::io::Error,
-    },
-}
-
-impl StartupError {
-    /// The process exit code: 64 for configuration, 1 for the environment.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            StartupError::Bind { .. } => EXIT_FAILURE,
-            _ => EXIT_USAGE,
-        }
     }
 }
 
@@ -235,7 +180,7 @@ impl Config {
             },
         };
         // ops (hot reload): hash the files before reading them, so a change made meanwhile is seen.
-        let baseline = crate::app::reload::Baseline::before_load(&opts, env);
+        let baseline = Baseline::before_load(&opts, env);
         let cluster = kubeconfig::load(&opts, env)?;
         let admin_address = cli.admin_address.clone().filter(|a| !a.is_empty());
         if let Some(a) = &admin_address {
@@ -299,98 +244,4 @@ pub fn route_for(cluster: &ResolvedConfig, proxy_env: &ProxyEnv) -> Result<Route
         tracing::info!(%proxy, "connecting to the API server through a proxy");
     }
     Ok(route)
-}
-
-/// Handles shared between the router and the server for shutdown. They outlive configuration reloads.
-#[derive(Debug, Clone)]
-pub struct Lifecycle {
-    /// Fired at shutdown: ends watches, followed logs and upgrade tunnels.
-    pub streams: CancellationToken,
-    /// Upgrade tunnels, awaited at shutdown.
-    pub tunnels: TaskTracker,
-    /// Metrics, readiness inputs and the access log.
-    pub telemetry: Arc<Telemetry>,
-}
-
-impl Default for Lifecycle {
-    /// A lifecycle that observes nothing.
-    fn default() -> Self {
-        let tunnels = TaskTracker::new();
-        Self {
-            streams: CancellationToken::new(),
-            telemetry: Arc::new(Telemetry::new(
-                false,
-                access_log::Format::Off,
-                tunnels.clone(),
-            )),
-            tunnels,
-        }
-    }
-}
-
-impl Lifecycle {
-    /// A lifecycle observing requests as `config` asks (admin listener, access log).
-    pub fn new(config: &Config) -> Self {
-        let tunnels = TaskTracker::new();
-        Self {
-            streams: CancellationToken::new(),
-            telemetry: Arc::new(Telemetry::new(
-                config.admin_address.is_some(),
-                config.access_log,
-                tunnels.clone(),
-            )),
-            tunnels,
-        }
-    }
-}
-
-/// Loads TLS material and credentials and builds the router. Fails on unreadable or mismatched keys.
-pub fn build_router(config: &Config, lifecycle: &Lifecycle) -> Result<Arc<Router>, StartupError> {
-    let tls = TlsState::new(&config.cluster.tls, config.timing.tls_file_check_period)?;
-    // ops: count the pools' connections per API server.
-    let stats = lifecycle
-        .telemetry
-        .metrics
-        .upstream(&config.cluster.server.to_string());
-    let upstream = Arc::new(Upstream::new(
-        tls.clone(),
-        config.route.clone(),
-        config.http2,
-        config.keepalive,
-        config.dial_timeout,
-        stats,
-    ));
-    let credentials = Credentials::new(
-        &config.cluster,
-        &credentials::Context {
-            timing: config.timing,
-            plugin_env: config.plugin_env.clone(),
-            proxy_env: config.proxy_env.clone(),
-            identity: tls.identity().clone(),
-        },
-    )?;
-    let auth = Auth::new(credentials, &config.cluster.impersonate)?;
-    let upgrader = Upgrader::new(
-        upstream.clone(),
-        lifecycle.tunnels.clone(),
-        lifecycle.streams.clone(),
-    );
-    let proxy = Proxy::new(
-        config.cluster.server.clone(),
-        config.append_server_path,
-        upstream,
-        auth,
-        upgrader,
-        lifecycle.streams.clone(),
-    );
-    let www = config
-        .www
-        .as_ref()
-        .map(|(dir, prefix)| (prefix.clone(), StaticFiles::new(dir, prefix)));
-    Ok(Arc::new(Router::new(
-        config.api_prefix.clone(),
-        www,
-        config.filter.clone(),
-        proxy,
-    )))
 }

@@ -12,9 +12,7 @@
 //! last good one stays in force; the same broken content is not retried until it changes again (or
 //! SIGHUP).
 
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,9 +22,10 @@ use hyper::body::Incoming;
 use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::config::{self, Config, Lifecycle, StartupError};
-use crate::base::env::Env;
-use crate::kube::kubeconfig::{self, LoadOptions, PemSource, Source};
+use crate::app::build::{self, Lifecycle};
+use crate::app::config::{self, Config};
+use crate::app::error::StartupError;
+use crate::app::watch::{self, Baseline};
 use crate::proxy::router::Router;
 use crate::telemetry::metrics::UpstreamStats;
 use crate::telemetry::observe::{self, ObservedBody, Telemetry};
@@ -97,93 +96,12 @@ impl Routers {
         req: Request<Incoming>,
         remote: Option<SocketAddr>,
     ) -> Response<ObservedBody> {
-        observe::handle(&self.telemetry, self.current(), req, remote).await
+        let snapshot = self.current();
+        observe::handle(&self.telemetry, &snapshot.upstream, req, |req| {
+            snapshot.router.handle(req, remote)
+        })
+        .await
     }
-}
-
-/// The kubeconfig files a load of `opts` may read (existing or not), in precedence order.
-fn kubeconfig_candidates(opts: &LoadOptions, env: &dyn Env) -> Vec<PathBuf> {
-    match kubeconfig::kubeconfig_files(opts, env) {
-        Ok(candidates) => candidates.into_iter().map(|(p, _)| p).collect(),
-        // `--kubeconfig` naming a missing file: watch for it to come back.
-        Err(_) => opts.kubeconfig.iter().cloned().collect(),
-    }
-}
-
-/// Content hashes of files taken *before* a configuration was loaded from them, so that a change made
-/// while or just after they were read is noticed at the next check instead of becoming the baseline.
-#[derive(Debug, Clone, Default)]
-pub struct Baseline(Vec<(PathBuf, u64)>);
-
-impl Baseline {
-    /// Hashes what loading `opts` may read: the kubeconfig candidates and the in-cluster files. Call it
-    /// right before loading.
-    pub fn before_load(opts: &LoadOptions, env: &dyn Env) -> Baseline {
-        let mut files = kubeconfig_candidates(opts, env);
-        let dir = kubeconfig::incluster_dir(opts, env);
-        files.extend(["token", "ca.crt", "namespace"].map(|n| dir.join(n)));
-        Baseline(files.iter().map(|p| (p.clone(), hash_file(p))).collect())
-    }
-
-    /// The hashes to compare `files` with: the baseline's for files it has, fresh ones for the rest
-    /// (files named only by the loaded configuration, such as a client certificate).
-    fn hashes_for(&self, files: &[PathBuf]) -> Vec<u64> {
-        files
-            .iter()
-            .map(|p| match self.0.iter().find(|(f, _)| f == p) {
-                Some((_, h)) => *h,
-                None => hash_file(p),
-            })
-            .collect()
-    }
-}
-
-/// The files a configuration was loaded from, whose change triggers a reload.
-pub fn watched_files(config: &Config) -> Vec<PathBuf> {
-    let mut files = kubeconfig_candidates(&config.load, &*config.env);
-    let cluster = &config.cluster;
-    if let Source::InCluster { dir } = &cluster.source {
-        for name in ["token", "ca.crt", "namespace"] {
-            files.push(dir.join(name));
-        }
-    }
-    for pem in [
-        &cluster.tls.ca,
-        &cluster.tls.client_cert,
-        &cluster.tls.client_key,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        if let PemSource::File(p) = pem {
-            files.push(p.clone());
-        }
-    }
-    files.extend(cluster.auth.token_file.iter().cloned());
-    let mut seen = std::collections::HashSet::new();
-    files.retain(|p| seen.insert(p.clone()));
-    files
-}
-
-/// A hash per file of its contents (or of why it cannot be read: missing, unreadable). Symlinks are
-/// followed, so a kubelet `..data` swap shows up as new content.
-pub fn fingerprint(files: &[PathBuf]) -> Vec<u64> {
-    files.iter().map(|p| hash_file(p)).collect()
-}
-
-fn hash_file(path: &Path) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            0u8.hash(&mut h);
-            bytes.hash(&mut h);
-        }
-        Err(e) => {
-            1u8.hash(&mut h);
-            (e.kind() as u32).hash(&mut h);
-        }
-    }
-    h.finish()
 }
 
 /// Loads the cluster configuration again with the original flags and environment, and builds a router
@@ -192,14 +110,14 @@ pub fn rebuild(
     config: &Config,
     lifecycle: &Lifecycle,
 ) -> Result<(Config, Arc<Router>), StartupError> {
-    let cluster = kubeconfig::load(&config.load, &*config.env)?;
+    let cluster = crate::kube::kubeconfig::load(&config.load, &*config.env)?;
     let next = Config {
         route: config::route_for(&cluster, &config.proxy_env)?,
         cluster,
         baseline: Baseline::default(),
         ..config.clone()
     };
-    let router = config::build_router(&next, lifecycle)?;
+    let router = build::build_router(&next, lifecycle)?;
     Ok((next, router))
 }
 
@@ -220,7 +138,7 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let interval = config.poll_interval;
-    let mut files = watched_files(&config);
+    let mut files = watch::watched_files(&config.load, &*config.env, &config.cluster);
     let mut last = config.baseline.hashes_for(&files);
     loop {
         let trigger = tokio::select! {
@@ -228,7 +146,7 @@ pub async fn run(
             Some(()) = recv(&mut hangup) => Trigger::Hangup,
             _ = sleep_or_forever(interval) => Trigger::Poll,
         };
-        let now = fingerprint(&files);
+        let now = watch::fingerprint(&files);
         if trigger == Trigger::Poll && now == last {
             continue;
         }
@@ -246,11 +164,11 @@ pub async fn run(
             Ok(Ok((next, router))) => {
                 let server = router.proxy().server().to_string();
                 routers.replace(router);
-                let next_files = watched_files(&next);
+                let next_files = watch::watched_files(&next.load, &*next.env, &next.cluster);
                 if next_files != files {
                     // The new configuration names other files. Files watched before keep the hash
                     // taken before this load read them; new ones are hashed now.
-                    let before = Baseline(files.into_iter().zip(now).collect());
+                    let before = Baseline::from_hashes(files.into_iter().zip(now).collect());
                     last = before.hashes_for(&next_files);
                     files = next_files;
                 }

@@ -18,7 +18,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::config::{Lifecycle, Listen, StartupError};
+use crate::app::build::Lifecycle;
+use crate::app::config::Listen;
+use crate::app::error::StartupError;
 use crate::app::reload::Routers;
 
 /// Client connections served at once; further connections wait in the kernel backlog. Sized for a

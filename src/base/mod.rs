@@ -1,3 +1,5 @@
-//! Leaves every other layer may use: the environment behind a trait.
+//! Leaves every other layer may use: the environment behind a trait, error plumbing.
 
 pub mod env;
+pub mod error;
+pub mod lease;

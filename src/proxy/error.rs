@@ -67,18 +67,3 @@ impl ProxyError {
         status::response(code, status::reason_for(code), &self.to_string())
     }
 }
-
-/// Renders an error and its sources as `a: b: c`, skipping a source whose text the parent already shows.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let s = e.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = e.source();
-    }
-    out
-}

@@ -13,13 +13,15 @@ use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
+use crate::base::error::chain;
 use crate::kube::kubeconfig::Server;
-use crate::proxy::error::{chain, ProxyError};
+use crate::proxy::error::ProxyError;
 use crate::proxy::upgrade::Upgrader;
-use crate::upstream::shared::{Received, SendError};
+use crate::upstream::shared::SendError;
 use crate::upstream::{Lease, Upstream};
 use crate::wire::body::Body;
 use crate::wire::headers::strip_hop_by_hop;
+use crate::wire::received::Received;
 
 /// The `User-Agent` sent when the client sends none (kubectl sends its own in that case).
 pub const USER_AGENT: &str = concat!("kproxy/", env!("CARGO_PKG_VERSION"));
@@ -94,12 +96,12 @@ impl Proxy {
             .auth
             .apply(req.headers_mut())
             .await
-            .inspect_err(|_| crate::telemetry::observe::credential_failed())?;
+            .inspect_err(|_| crate::telemetry::hooks::credential_failed())?;
         if let Some(upgrade) = upgrade {
             // Boxed: the tunnel's future is large and rare; unboxed it would sit in every connection.
             let answer = Box::pin(self.upgrader.tunnel(req, uri, upgrade, &self.server)).await;
             // ops hook (observe): upgrades always speak HTTP/1.1 upstream.
-            crate::telemetry::observe::upstream_answered(
+            crate::telemetry::hooks::upstream_answered(
                 answer.is_ok().then_some(http::Version::HTTP_11),
             );
             let resp = answer?;
@@ -193,7 +195,7 @@ impl Proxy {
             Class::Ordinary => (connectors.client.request(req).await, None),
         };
         // ops hook (observe): readiness, metrics and the access log's protocol field.
-        crate::telemetry::observe::upstream_answered(resp.as_ref().ok().map(|r| r.version()));
+        crate::telemetry::hooks::upstream_answered(resp.as_ref().ok().map(|r| r.version()));
         Ok((resp.map_err(|e| self.classify(e))?, lease))
     }
 
@@ -244,7 +246,7 @@ impl Proxy {
             .auth
             .apply(headers)
             .await
-            .inspect_err(|_| crate::telemetry::observe::credential_failed())?;
+            .inspect_err(|_| crate::telemetry::hooks::credential_failed())?;
         let (resp, _) = self.send(req, Class::Ordinary).await?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED {

@@ -32,8 +32,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
+use crate::base::error::chain;
 use crate::kube::kubeconfig::Server;
-use crate::proxy::error::{chain, ProxyError};
+use crate::proxy::error::ProxyError;
 use crate::upstream::Upstream;
 use crate::wire::body::Body;
 use crate::wire::headers::strip_hop_by_hop;

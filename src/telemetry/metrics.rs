@@ -575,7 +575,7 @@ impl<C> CountConnections<C> {
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::base::error::BoxError;
 
 impl<C> tower::Service<Uri> for CountConnections<C>
 where

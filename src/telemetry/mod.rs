@@ -2,6 +2,8 @@
 //! `-v` logging levels.
 
 pub mod access_log;
+pub mod health;
+pub mod hooks;
 pub mod logging;
 pub mod metrics;
 pub mod observe;

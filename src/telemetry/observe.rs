@@ -8,7 +8,6 @@
 //! listener and the access log both off, [`handle`] only adds a branch.
 
 use std::cell::Cell;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -16,13 +15,13 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, Uri, Version};
+use http::{Method, Request, Response, Uri};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::app::admin::Health;
-use crate::app::reload::Snapshot;
 use crate::telemetry::access_log::{self, Format};
+use crate::telemetry::health::Health;
+use crate::telemetry::hooks::{Outcome, Seen, SCOPE};
 use crate::telemetry::metrics::{MethodIndex, Metrics, UpstreamStats};
 use crate::wire::body::{Body, BoxError};
 
@@ -78,115 +77,25 @@ impl Telemetry {
     }
 }
 
-/// How a request was answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) enum Outcome {
-    /// By kproxy itself, without contacting the API server.
-    #[default]
-    Local,
-    /// By the API server, over this protocol.
-    Upstream(Version),
-    /// The API server could not be reached or the exchange failed.
-    UpstreamFailed,
-}
-
-/// What code under a scope reported; plain values copied out when the scope ends.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Seen {
-    pub(crate) outcome: Outcome,
-    pub(crate) credential_failed: bool,
-    pub(crate) refreshes: u16,
-    pub(crate) refresh_failures: u16,
-    /// The result of the most recent refresh.
-    pub(crate) last_refresh: Option<bool>,
-}
-
-impl Seen {
-    fn answered(&self) -> bool {
-        matches!(self.outcome, Outcome::Upstream(_))
-    }
-
-    fn proto(&self) -> Option<&'static str> {
-        match self.outcome {
-            Outcome::Upstream(v) if v == Version::HTTP_2 => Some("h2"),
-            Outcome::Upstream(v) if v == Version::HTTP_10 => Some("http/1.0"),
-            Outcome::Upstream(_) => Some("http/1.1"),
-            _ => None,
-        }
-    }
-}
-
-tokio::task_local! {
-    static SCOPE: Cell<Seen>;
-}
-
-fn update(f: impl FnOnce(&mut Seen)) {
-    let _ = SCOPE.try_with(|cell| {
-        let mut seen = cell.get();
-        f(&mut seen);
-        cell.set(seen);
-    });
-}
-
-/// Hook for the proxy: the API server answered (any status) over `version`, or (`None`) the exchange
-/// failed. Outside an observed request this does nothing.
-pub fn upstream_answered(version: Option<Version>) {
-    update(|s| {
-        s.outcome = match version {
-            Some(v) => Outcome::Upstream(v),
-            None => Outcome::UpstreamFailed,
-        }
-    });
-}
-
-/// Hook for the proxy: no credential could be produced for the request (it is answered 401).
-pub fn credential_failed() {
-    update(|s| s.credential_failed = true);
-}
-
-/// Hook for credential sources: a refresh (re-reading a token file, re-running a plugin) succeeded or
-/// failed. Outside an observed request (or the readiness probe) this does nothing.
-pub fn credential_refreshed(ok: bool) {
-    update(|s| {
-        s.refreshes = s.refreshes.saturating_add(1);
-        if !ok {
-            s.refresh_failures = s.refresh_failures.saturating_add(1);
-        }
-        s.last_refresh = Some(ok);
-    });
-}
-
-/// Runs `fut` in a fresh scope and returns what it reported.
-pub(crate) async fn scoped<F: std::future::Future>(fut: F) -> (F::Output, Seen) {
-    SCOPE
-        .scope(Cell::new(Seen::default()), async move {
-            let out = fut.await;
-            (out, SCOPE.with(Cell::get))
-        })
-        .await
-}
-
-/// Answers one request through `snapshot`'s router, observing it when telemetry is enabled.
-pub async fn handle(
+/// Answers `req` with `respond` (the router), observing it when telemetry is enabled; `stats` are the
+/// statistics of the API server the router forwards to.
+pub async fn handle<F, Fut>(
     telemetry: &Arc<Telemetry>,
-    snapshot: Arc<Snapshot>,
+    stats: &Arc<UpstreamStats>,
     req: Request<Incoming>,
-    remote: Option<SocketAddr>,
-) -> Response<ObservedBody> {
+    respond: F,
+) -> Response<ObservedBody>
+where
+    F: FnOnce(Request<Incoming>) -> Fut,
+    Fut: std::future::Future<Output = Response<Body>>,
+{
     if !telemetry.enabled {
-        return snapshot
-            .router
-            .handle(req, remote)
-            .await
-            .map(ObservedBody::plain);
+        return respond(req).await.map(ObservedBody::plain);
     }
-    let mut record = Record::start(telemetry, &snapshot, &req);
+    let mut record = Record::start(telemetry, stats, &req);
     // The scope wraps the router's future directly (no extra async layer): each layer would move that
     // large future once more, which measured as the biggest part of observation's cost.
-    let scope = SCOPE.scope(
-        Cell::new(Seen::default()),
-        snapshot.router.handle(req, remote),
-    );
+    let scope = SCOPE.scope(Cell::new(Seen::default()), respond(req));
     tokio::pin!(scope);
     let resp = scope.as_mut().await;
     let seen = scope
@@ -227,14 +136,18 @@ struct Record {
 }
 
 impl Record {
-    fn start(telemetry: &Arc<Telemetry>, snapshot: &Snapshot, req: &Request<Incoming>) -> Self {
+    fn start(
+        telemetry: &Arc<Telemetry>,
+        stats: &Arc<UpstreamStats>,
+        req: &Request<Incoming>,
+    ) -> Self {
         telemetry.metrics.in_flight.fetch_add(1, Relaxed);
         let uri = req.uri();
         let wants_uri = telemetry.access_log != Format::Off
             || tracing::enabled!(target: ROUND_TRIP, tracing::Level::DEBUG);
         Record {
             telemetry: telemetry.clone(),
-            stats: snapshot.upstream.clone(),
+            stats: stats.clone(),
             start: Instant::now(),
             method_index: MethodIndex::of(req.method()),
             method: req.method().clone(),

@@ -37,7 +37,7 @@ use tower::Service;
 
 use crate::base::env::Env;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::base::error::BoxError;
 
 /// The proxy variables of the environment, read once (Go's `ProxyFromEnvironment` caches them too).
 #[derive(Clone, Default)]

@@ -45,6 +45,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+pub use crate::base::lease::Lease;
 use crate::kube::tls::TlsState;
 use crate::telemetry::metrics::{CountConnections, UpstreamStats};
 use crate::wire::body::Body;
@@ -91,7 +92,7 @@ where
     })
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::base::error::BoxError;
 
 /// Builds the TCP connector shared by ordinary requests and upgrades.
 pub fn http_connector(keepalive: Option<Duration>) -> HttpConnector {
@@ -194,7 +195,7 @@ impl Upstream {
                 (n < BULK_CONNECTIONS).then_some(n + 1)
             })
             .ok()
-            .map(|_| Lease(self.bulk_open.clone()))
+            .map(|_| Lease::counted(&self.bulk_open))
     }
 
     /// The TLS material.
@@ -408,17 +409,6 @@ impl Lane {
     }
 }
 
-/// A request's place in a bounded group (a lane, or the bulk connections), released on drop. Keep it as
-/// long as the response body.
-#[derive(Debug)]
-pub struct Lease(Arc<AtomicUsize>);
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 impl StreamLanes {
     /// Lanes whose clients come from `make`.
     pub fn new(make: impl Fn() -> Shared + Send + Sync + 'static) -> Self {
@@ -456,7 +446,6 @@ impl StreamLanes {
             }
         };
         let lane = &lanes[index];
-        lane.open.fetch_add(1, Ordering::AcqRel);
-        (lane.client.clone(), Lease(lane.open.clone()))
+        (lane.client.clone(), Lease::take(&lane.open))
     }
 }

@@ -9,11 +9,10 @@ use http_body::{Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::upstream::shared::Received;
-use crate::upstream::Lease;
+use crate::base::lease::Lease;
+use crate::wire::received::Received;
 
-/// Errors a body can end with; the connection is aborted when one occurs mid-stream.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::base::error::BoxError;
 
 /// A response body: empty, a buffer, a relayed upstream body, or anything else boxed.
 pub struct Body(Kind);

@@ -3,4 +3,5 @@
 
 pub mod body;
 pub mod headers;
+pub mod received;
 pub mod status;

@@ -227,7 +227,7 @@ impl ExecAuth {
         }
         let result = self.plugin.run(self.timeout).await;
         // ops hook (observe): refresh counters, and /readyz fails while the plugin fails.
-        crate::telemetry::observe::credential_refreshed(result.is_ok());
+        crate::telemetry::hooks::credential_refreshed(result.is_ok());
         let mut state = self.lock();
         state.runs += 1;
         match result {

@@ -260,7 +260,7 @@ impl OidcAuth {
         let endpoint = self.token_endpoint().await?;
         let tokens = self.refresh_grant(&endpoint, &refresh_token).await;
         // ops hook (observe): refresh counters, and /readyz fails while the refresh fails.
-        crate::telemetry::observe::credential_refreshed(tokens.is_ok());
+        crate::telemetry::hooks::credential_refreshed(tokens.is_ok());
         let tokens = tokens?;
         let id_token = tokens.id_token.filter(|t| !t.is_empty()).ok_or_else(|| {
             self.error("token response did not contain an id_token, either the scope \"openid\" wasn't requested upon login, or the provider doesn't support id_tokens as part of the refresh response")
@@ -424,7 +424,7 @@ impl OidcAuth {
             let resp = client
                 .request(req)
                 .await
-                .map_err(|e| self.error(format!("{url}: {}", crate::proxy::error::chain(&e))))?;
+                .map_err(|e| self.error(format!("{url}: {}", crate::base::error::chain(&e))))?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), MAX_IDP_RESPONSE)
                 .collect()

@@ -72,7 +72,7 @@ impl TokenFile {
             // a period is cheaper than a hop to the blocking pool on every request.
             let read = read_token(&self.path);
             // ops hook (observe): refresh counters, and /readyz fails while re-reading fails.
-            crate::telemetry::observe::credential_refreshed(read.is_ok());
+            crate::telemetry::hooks::credential_refreshed(read.is_ok());
             match read {
                 Ok(v) => {
                     state.logged = false;
