@@ -59,7 +59,7 @@ pub struct Config {
     pub plugin_env: PluginEnv,
     /// Credential and certificate refresh timings: the documented defaults; tests shorten them here.
     pub timing: Timing,
-    /// The bound on one upstream dial, TCP plus TLS: [`crate::upstream::DIAL_TIMEOUT`]; tests shorten it.
+    /// The bound on one upstream dial, TCP plus TLS: [`crate::upstream::dial::DIAL_TIMEOUT`]; tests shorten it.
     pub dial_timeout: Duration,
     // ---- operations (admin listener, access log, hot reload) ----
     /// `--admin-address`: where `/healthz`, `/readyz` and `/metrics` are served (`None`: nowhere).
@@ -218,7 +218,7 @@ impl Config {
             proxy_env,
             plugin_env: PluginEnv::capture(env),
             timing: Timing::default(),
-            dial_timeout: crate::upstream::DIAL_TIMEOUT,
+            dial_timeout: crate::upstream::dial::DIAL_TIMEOUT,
             admin_address,
             access_log: cli.access_log,
             poll_interval: cli

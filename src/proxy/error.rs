@@ -4,7 +4,10 @@
 use http::{Response, StatusCode};
 
 use crate::auth::credentials::CredentialError;
+use crate::base::error::chain;
+use crate::kube::kubeconfig::Server;
 use crate::proxy::filter::Rejection;
+use crate::upstream::UpstreamError;
 use crate::wire::body::Body;
 use crate::wire::status;
 
@@ -58,6 +61,19 @@ impl ProxyError {
             ProxyError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Credential(_) => StatusCode::UNAUTHORIZED,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The answer for a request that got no response from `server`: unreachable (503) when no
+    /// connection could be made for a reason other than TLS, a bad gateway (502) otherwise.
+    pub fn upstream(server: &Server, err: UpstreamError) -> Self {
+        let cause = chain(&err);
+        let upstream = server.to_string();
+        match err {
+            UpstreamError::Dial(_) => ProxyError::Unreachable { upstream, cause },
+            UpstreamError::Tls(_) | UpstreamError::Refused(_) | UpstreamError::Broken(_) => {
+                ProxyError::BadGateway { upstream, cause }
+            }
         }
     }
 

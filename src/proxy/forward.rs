@@ -13,15 +13,14 @@ use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
-use crate::base::error::chain;
 use crate::kube::kubeconfig::Server;
 use crate::proxy::error::ProxyError;
 use crate::proxy::upgrade::Upgrader;
-use crate::upstream::shared::SendError;
-use crate::upstream::{Lease, Upstream};
+use crate::upstream::{Class, Lease, Upstream};
 use crate::wire::body::Body;
 use crate::wire::headers::strip_hop_by_hop;
 use crate::wire::received::Received;
+use crate::wire::replay::Replay;
 
 /// The `User-Agent` sent when the client sends none (kubectl sends its own in that case).
 pub const USER_AGENT: &str = concat!("kproxy/", env!("CARGO_PKG_VERSION"));
@@ -123,7 +122,8 @@ impl Proxy {
         parts.uri = uri;
         // The connection picks HTTP/1.1 or HTTP/2 per connection; the client's version is irrelevant.
         parts.version = http::Version::HTTP_11;
-        let retry = replay.map(|headers| (parts.method.clone(), parts.uri.clone(), headers));
+        let retry =
+            replay.map(|headers| Replay::new(parts.method.clone(), parts.uri.clone(), headers));
         let upstream_req = Request::from_parts(parts, Body::upstream(body));
         // A long-running request takes a lane, a bulk read one of the bulk connections; either place is
         // held (through the body) until the response is dropped.
@@ -131,17 +131,13 @@ impl Proxy {
         if resp.status() == StatusCode::UNAUTHORIZED {
             if let Some(used) = used {
                 self.auth.credentials.rejected(used);
-                if let Some((method, uri, mut headers)) = retry {
-                    let renewed = self.auth.apply(&mut headers).await?;
+                if let Some(mut retry) = retry {
+                    let renewed = self.auth.apply(retry.headers_mut()).await?;
                     if renewed.is_some() && renewed != Some(used) {
                         tracing::debug!("401 with a credential kproxy has since renewed: sending the request once more");
-                        let mut again = Request::new(Body::empty());
-                        *again.method_mut() = method;
-                        *again.uri_mut() = uri;
-                        *again.headers_mut() = headers;
                         // Boxed: rare, and a second `send` future inline (2.7 KB) would be carried, and
                         // copied, by every request's future.
-                        (resp, lease) = Box::pin(self.send(again, class)).await?;
+                        (resp, lease) = Box::pin(self.send(retry.request(), class)).await?;
                         if resp.status() == StatusCode::UNAUTHORIZED {
                             if let Some(renewed) = renewed {
                                 self.auth.credentials.rejected(renewed);
@@ -165,38 +161,16 @@ impl Proxy {
         Ok(Response::from_parts(parts, body))
     }
 
-    /// Sends one request through the current connection pool: a long-running request goes on a lane
-    /// (see [`crate::upstream`]) and gets the lease that holds its place there, a bulk read goes over
-    /// HTTP/1.1.
+    /// Sends one request upstream over the connections its class calls for (see [`crate::upstream`]).
     async fn send(
         &self,
         req: Request<Body>,
         class: Class,
     ) -> Result<(Response<Received>, Option<Lease>), ProxyError> {
-        let connectors = self.upstream.connectors();
-        let (resp, lease) = match class {
-            Class::LongRunning => {
-                let (lane, lease) = connectors.lanes.acquire();
-                (lane.request(req).await, Some(lease))
-            }
-            // Past BULK_CONNECTIONS bulk reads in flight, the next shares the HTTP/2 connection.
-            Class::Bulk => match self.upstream.bulk_slot() {
-                Some(lease) => (
-                    connectors
-                        .bulk
-                        .request(req)
-                        .await
-                        .map(|r| r.map(Received::Hyper))
-                        .map_err(SendError::from),
-                    Some(lease),
-                ),
-                None => (connectors.client.request(req).await, None),
-            },
-            Class::Ordinary => (connectors.client.request(req).await, None),
-        };
+        let answer = self.upstream.send(req, class).await;
         // ops hook (observe): readiness, metrics and the access log's protocol field.
-        crate::telemetry::hooks::upstream_answered(resp.as_ref().ok().map(|r| r.version()));
-        Ok((resp.map_err(|e| self.classify(e))?, lease))
+        crate::telemetry::hooks::upstream_answered(answer.as_ref().ok().map(|(r, _)| r.version()));
+        answer.map_err(|e| ProxyError::upstream(&self.server, e))
     }
 
     fn upstream_uri(&self, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
@@ -217,16 +191,6 @@ impl Proxy {
             .path_and_query(pq)
             .build()
             .map_err(|e| ProxyError::BadRequest(format!("invalid path: {e}")))
-    }
-
-    fn classify(&self, err: SendError) -> ProxyError {
-        let cause = chain(&err);
-        let upstream = self.server.to_string();
-        if err.is_connect() && !is_tls_error(&err) {
-            ProxyError::Unreachable { upstream, cause }
-        } else {
-            ProxyError::BadGateway { upstream, cause }
-        }
     }
 }
 
@@ -292,26 +256,6 @@ fn only_h2c(value: &HeaderValue) -> bool {
         .all(|t| t.eq_ignore_ascii_case(b"h2c"))
 }
 
-/// Whether a rustls error (a certificate the kubeconfig does not trust, a handshake failure) is the cause.
-/// The connector nests it in `io::Error`s (`Other` around `InvalidData` around the rustls error), and
-/// `io::Error::source` skips the wrapped error, so each `io::Error` is unwrapped through `get_ref`.
-fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if e.downcast_ref::<rustls::Error>().is_some() {
-            return true;
-        }
-        cur = match e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-            None => e.source(),
-        };
-    }
-    false
-}
-
 /// Appends the client address to `X-Forwarded-For`, as Go's `ReverseProxy` does.
 fn append_forwarded_for(headers: &mut http::HeaderMap, client_ip: Option<IpAddr>) {
     let Some(ip) = client_ip else { return };
@@ -352,17 +296,6 @@ fn push_ip(out: &mut String, ip: IpAddr) {
             let _ = write!(out, "{ip}");
         }
     }
-}
-
-/// Which upstream client carries a request (see [`crate::upstream`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
-    /// Short requests: the shared HTTP/2 connection.
-    Ordinary,
-    /// LISTs, log reads, OpenAPI documents: pooled HTTP/1.1 connections.
-    Bulk,
-    /// Watches and followed logs: the HTTP/2 lanes.
-    LongRunning,
 }
 
 /// Whether a request is a read whose answer can run to megabytes, by the API server's URL grammar: a

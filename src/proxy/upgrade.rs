@@ -30,7 +30,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::Service;
 
 use crate::base::error::chain;
 use crate::kube::kubeconfig::Server;
@@ -74,13 +73,15 @@ impl Upgrader {
         server: &Server,
     ) -> Result<Response<Body>, ProxyError> {
         let upstream = server.to_string();
-        let dial = self.upstream.connectors().upgrade.clone().call(uri.clone());
-        let io = crate::upstream::bounded_dial(self.upstream.dial_timeout(), dial)
-            .await
-            .map_err(|e| ProxyError::Unreachable {
-                upstream: upstream.clone(),
-                cause: chain(&*e),
-            })?;
+        // Any failure to connect, TLS included, is "unreachable" here, as it always was for tunnels.
+        let io =
+            self.upstream
+                .dial_upgrade(uri.clone())
+                .await
+                .map_err(|e| ProxyError::Unreachable {
+                    upstream: upstream.clone(),
+                    cause: chain(&e),
+                })?;
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake::<_, Body>(io)
             .await

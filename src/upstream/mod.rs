@@ -33,90 +33,120 @@
 //! upstream (`http://` servers, `DISABLE_HTTP2`) each long-running request needs its own connection
 //! anyway; the lanes then only partition the pools.
 
+pub mod dial;
 pub mod egress;
+mod lanes;
 pub mod shared;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-
-pub use crate::base::lease::Lease;
-use crate::kube::tls::TlsState;
-use crate::telemetry::metrics::{CountConnections, UpstreamStats};
-use crate::wire::body::Body;
-use egress::{EgressConnector, Route};
-use shared::Shared;
-
-/// The HTTP/1.1 keep-alive pool (bulk reads, and servers without HTTP/2). Its connector counts
-/// connections for the metrics.
-pub type UpstreamClient = Client<shared::Handoff, Body>;
-
-/// The connector upgrade tunnels dial with (HTTP/1.1 only).
-pub type UpgradeConnector = HttpsConnector<EgressConnector>;
-
-/// client-go's dial timeout.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// client-go's TLS handshake timeout.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The bound on making one upstream connection (pooled, lane or upgrade tunnel): TCP (or the egress
-/// proxy's tunnel) and TLS. Without it a server that accepts TCP and never answers the TLS handshake
-/// would hold the dial, and with it every request waiting for the shared connection, until the client
-/// gave up.
-pub const DIAL_TIMEOUT: Duration =
-    Duration::from_secs(CONNECT_TIMEOUT.as_secs() + TLS_HANDSHAKE_TIMEOUT.as_secs());
-/// client-go's TCP keep-alive period for API server connections.
-pub const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
-/// How long an idle pooled connection is kept (client-go: 90 s).
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Idle HTTP/1.1 connections kept per host. client-go keeps 25 (and only 2 for `http://` servers, which
-/// made kubectl proxy churn through thousands of TIME_WAIT sockets); HTTP/2 needs one.
-pub const POOL_MAX_IDLE_PER_HOST: usize = 64;
-/// HTTP/2 health checks, as client-go's `HTTP2_READ_IDLE_TIMEOUT_SECONDS` / `HTTP2_PING_TIMEOUT_SECONDS`.
-pub const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
-/// See [`H2_PING_INTERVAL`].
-pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// `dial` (a connector's future), failed after `limit` ([`DIAL_TIMEOUT`] outside tests). Every upstream
-/// dial goes through it.
-pub(crate) async fn bounded_dial<T, F>(limit: Duration, dial: F) -> Result<T, BoxError>
-where
-    F: std::future::Future<Output = Result<T, BoxError>>,
-{
-    tokio::time::timeout(limit, dial).await.unwrap_or_else(|_| {
-        Err(format!("no connection after {limit:?} (TCP connect and TLS handshake)").into())
-    })
-}
+use http::{Request, Response, Uri};
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use tower::ServiceExt as _;
 
 use crate::base::error::BoxError;
+pub use crate::base::lease::Lease;
+use crate::kube::tls::TlsState;
+use crate::telemetry::metrics::UpstreamStats;
+use crate::wire::received::Received;
+use dial::{bounded_dial, egress, https, Dialler};
+use egress::{EgressConnector, EgressStream, Route};
+use lanes::StreamLanes;
+pub use lanes::{MAX_STREAMS_PER_LANE, STREAMS_PER_LANE};
+use shared::{SendError, Shared, UpstreamClient};
 
-/// Builds the TCP connector shared by ordinary requests and upgrades.
-pub fn http_connector(keepalive: Option<Duration>) -> HttpConnector {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    http.set_keepalive(keepalive);
-    http
+/// The connector upgrade tunnels dial with (HTTP/1.1 only).
+type UpgradeConnector = HttpsConnector<EgressConnector>;
+
+/// A connection made for an upgrade tunnel: TLS (or plain TCP for `http://` servers) over the route.
+pub type UpgradeIo = MaybeHttpsStream<EgressStream>;
+
+/// Bulk reads carried at once over HTTP/1.1 connections of their own (see the module doc); more share
+/// the HTTP/2 connection. Each such connection costs the API server a TLS handshake and kproxy about
+/// 40 KiB; past a few per core they add no throughput.
+pub const BULK_CONNECTIONS: usize = 16;
+
+/// Which connections carry a request (see the module doc). The caller decides, from the request's
+/// URL: [`Upstream`] does not parse Kubernetes paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Short requests: the shared HTTP/2 connection.
+    Ordinary,
+    /// LISTs, log reads, OpenAPI documents: pooled HTTP/1.1 connections, up to [`BULK_CONNECTIONS`].
+    Bulk,
+    /// Watches and followed logs: the HTTP/2 lanes.
+    LongRunning,
+}
+
+/// Why a request got no response from the API server, by what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made (DNS, TCP, the egress proxy, the dial bound), for a reason other than
+    /// TLS: the server is unreachable.
+    #[error(transparent)]
+    Dial(SendError),
+    /// The TLS handshake failed: a certificate the kubeconfig does not trust, a rejected client
+    /// certificate, no common protocol.
+    #[error(transparent)]
+    Tls(SendError),
+    /// The server refused the request's stream unprocessed (`REFUSED_STREAM`, `GOAWAY`) more times than
+    /// it is sent again.
+    #[error(transparent)]
+    Refused(SendError),
+    /// The connection failed after it was made: a reset, a protocol error.
+    #[error(transparent)]
+    Broken(SendError),
+}
+
+impl UpstreamError {
+    fn classify(err: SendError) -> Self {
+        if err.is_refused() {
+            UpstreamError::Refused(err)
+        } else if is_tls_error(&err) {
+            UpstreamError::Tls(err)
+        } else if err.is_connect() {
+            UpstreamError::Dial(err)
+        } else {
+            UpstreamError::Broken(err)
+        }
+    }
+}
+
+/// Whether a rustls error (a certificate the kubeconfig does not trust, a handshake failure) is the cause.
+/// The connector nests it in `io::Error`s (`Other` around `InvalidData` around the rustls error), and
+/// `io::Error::source` skips the wrapped error, so each `io::Error` is unwrapped through `get_ref`.
+fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        cur = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    false
 }
 
 /// The connectors of one TLS generation.
-pub struct Connectors {
+struct Connectors {
     /// The [`TlsState::generation`] they were built at.
     generation: u64,
     /// The connection for ordinary requests.
-    pub client: Shared,
+    client: Shared,
     /// The pooled HTTP/1.1 client for bulk reads (see the module doc), also the ordinary requests' when
     /// the server does not speak HTTP/2.
-    pub bulk: UpstreamClient,
+    bulk: UpstreamClient,
     /// The connector for upgrade tunnels.
-    pub upgrade: UpgradeConnector,
+    upgrade: UpgradeConnector,
     /// The clients for long-running requests.
-    pub lanes: StreamLanes,
+    lanes: StreamLanes,
 }
 
 /// The way to the API server: the egress route, the TLS material, and the connection pool built from
@@ -186,10 +216,53 @@ impl Upstream {
         }
     }
 
-    /// A place for one more bulk read on its own HTTP/1.1 connection, or `None` when
-    /// [`BULK_CONNECTIONS`] are in flight (the read then shares the HTTP/2 connection). Keep the lease
+    /// Sends `req` (absolute URI) over the connections `class` calls for and returns the response head,
+    /// with the lease that holds the request's place on a lane or among the bulk connections: keep it
     /// as long as the response body.
-    pub fn bulk_slot(&self) -> Option<Lease> {
+    pub async fn send(
+        &self,
+        req: Request<crate::wire::body::Body>,
+        class: Class,
+    ) -> Result<(Response<Received>, Option<Lease>), UpstreamError> {
+        let connectors = self.connectors();
+        let (resp, lease) = match class {
+            Class::LongRunning => {
+                let (lane, lease) = connectors.lanes.acquire();
+                (lane.request(req).await, Some(lease))
+            }
+            // Past BULK_CONNECTIONS bulk reads in flight, the next shares the HTTP/2 connection.
+            Class::Bulk => match self.bulk_slot() {
+                Some(lease) => (
+                    connectors
+                        .bulk
+                        .request(req)
+                        .await
+                        .map(|r| r.map(Received::Hyper))
+                        .map_err(SendError::from),
+                    Some(lease),
+                ),
+                None => (connectors.client.request(req).await, None),
+            },
+            Class::Ordinary => (connectors.client.request(req).await, None),
+        };
+        Ok((resp.map_err(UpstreamError::classify)?, lease))
+    }
+
+    /// A connection of its own for an upgrade tunnel to `uri`: the same route and TLS material as every
+    /// other request, HTTP/1.1 only (the API server upgrades only HTTP/1.1 requests), TCP keep-alive
+    /// as `--keepalive` says, bounded like every dial.
+    pub async fn dial_upgrade(&self, uri: Uri) -> Result<UpgradeIo, UpstreamError> {
+        let dial = self.connectors().upgrade.clone().oneshot(uri);
+        bounded_dial(self.dial_timeout, async move {
+            dial.await.map_err(BoxError::from)
+        })
+        .await
+        .map_err(|e| UpstreamError::classify(SendError::Tunnel(e)))
+    }
+
+    /// A place for one more bulk read on its own HTTP/1.1 connection, or `None` when
+    /// [`BULK_CONNECTIONS`] are in flight (the read then shares the HTTP/2 connection).
+    fn bulk_slot(&self) -> Option<Lease> {
         self.bulk_open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < BULK_CONNECTIONS).then_some(n + 1)
@@ -198,23 +271,8 @@ impl Upstream {
             .map(|_| Lease::counted(&self.bulk_open))
     }
 
-    /// The TLS material.
-    pub fn tls(&self) -> &Arc<TlsState> {
-        &self.tls
-    }
-
-    /// The route connections take.
-    pub fn route(&self) -> &Route {
-        &self.route
-    }
-
-    /// The bound on each dial (see [`bounded_dial`]).
-    pub fn dial_timeout(&self) -> Duration {
-        self.dial_timeout
-    }
-
     /// The connectors for the current TLS material, after checking certificate files if that is due.
-    pub fn connectors(&self) -> Arc<Connectors> {
+    fn connectors(&self) -> Arc<Connectors> {
         self.tls.maybe_reload();
         let generation = self.tls.generation();
         {
@@ -243,22 +301,6 @@ impl Upstream {
         tracing::info!("upstream TLS material changed: new connections use it, pooled connections made with the old material are retired");
         new
     }
-}
-
-/// The dialler under TLS: direct or through the proxy. An `https://` proxy gets its own TLS session
-/// (HTTP/1.1, the cluster's trust settings, the proxy's name), as in Go's transport.
-fn egress(tls: &TlsState, route: &Arc<Route>, keepalive: Option<Duration>) -> EgressConnector {
-    let proxy_tls = match &**route {
-        Route::Connect { proxy, .. } if proxy.scheme_str() == Some("https") => Some(
-            HttpsConnectorBuilder::new()
-                .with_tls_config(tls.client_config())
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(http_connector(keepalive)),
-        ),
-        _ => None,
-    };
-    EgressConnector::new(route.clone(), http_connector(keepalive), proxy_tls)
 }
 
 fn build(
@@ -309,143 +351,5 @@ fn build(
         bulk,
         upgrade,
         lanes,
-    }
-}
-
-/// TLS over `dial`, offering HTTP/2 and HTTP/1.1 by ALPN when `http2`, else HTTP/1.1 only.
-fn https(
-    config: &rustls::ClientConfig,
-    server_name: Option<&rustls_pki_types::ServerName<'static>>,
-    http2: bool,
-    dial: EgressConnector,
-) -> HttpsConnector<EgressConnector> {
-    let builder = HttpsConnectorBuilder::new()
-        .with_tls_config(config.clone())
-        .https_or_http();
-    let builder = match server_name {
-        Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name.clone())),
-        None => builder,
-    };
-    if http2 {
-        builder.enable_all_versions().wrap_connector(dial)
-    } else {
-        builder.enable_http1().wrap_connector(dial)
-    }
-}
-
-/// How every pooled connection is made: TLS material, route, counted for the metrics.
-struct Dialler {
-    tls: Arc<TlsState>,
-    route: Arc<Route>,
-    config: rustls::ClientConfig,
-    server_name: Option<rustls_pki_types::ServerName<'static>>,
-    stats: Arc<UpstreamStats>,
-}
-
-impl Dialler {
-    /// A connector offering HTTP/2 and HTTP/1.1 by ALPN when `http2`, else HTTP/1.1 only.
-    fn connector(&self, http2: bool) -> shared::Connector {
-        CountConnections::new(
-            https(
-                &self.config,
-                self.server_name.as_ref(),
-                http2,
-                egress(&self.tls, &self.route, Some(TCP_KEEPALIVE)),
-            ),
-            self.stats.clone(),
-        )
-    }
-}
-
-/// An HTTP/1.1 keep-alive pool dialling with `connector` (its connections never speak HTTP/2, so
-/// none of hyper-util's HTTP/2 settings apply).
-fn pooled_client(connector: shared::Handoff) -> UpstreamClient {
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-        .build(connector)
-}
-
-/// Long-running requests per lane until the lane's server has shown its own limit: below the 100
-/// concurrent streams RFC 9113 recommends servers allow, with room for a server configured lower.
-pub const STREAMS_PER_LANE: usize = 64;
-
-/// Long-running requests per lane at most, whatever the server allows: Go's default server limit. More
-/// streams per connection save connections (about 60 KiB each in kproxy, and a connection on the API
-/// server) but put more watches behind one TCP connection's losses.
-pub const MAX_STREAMS_PER_LANE: usize = 250;
-
-/// Bulk reads carried at once over HTTP/1.1 connections of their own (see the module doc); more share
-/// the HTTP/2 connection. Each such connection costs the API server a TLS handshake and kproxy about
-/// 40 KiB; past a few per core they add no throughput.
-pub const BULK_CONNECTIONS: usize = 16;
-
-/// The connections that carry long-running requests, each filled up to its server's stream limit (see
-/// the module doc).
-pub struct StreamLanes {
-    /// Builds the client of a new lane; the same constructor as the ordinary client, so lanes dial the
-    /// API server exactly as ordinary requests do.
-    make: Box<dyn Fn() -> Shared + Send + Sync>,
-    lanes: Mutex<Vec<Lane>>,
-}
-
-struct Lane {
-    client: Arc<Shared>,
-    /// Long-running requests on this lane, from dispatch until their response body is dropped.
-    open: Arc<AtomicUsize>,
-}
-
-impl Lane {
-    /// How many long-running requests this lane takes: the server's limit as this lane has seen it, or
-    /// as another lane (`known`) has; at most [`MAX_STREAMS_PER_LANE`], and [`STREAMS_PER_LANE`] until
-    /// some lane has seen it.
-    fn capacity(&self, known: Option<usize>) -> usize {
-        self.client
-            .stream_limit()
-            .or(known)
-            .map_or(STREAMS_PER_LANE, |n| n.min(MAX_STREAMS_PER_LANE))
-    }
-}
-
-impl StreamLanes {
-    /// Lanes whose clients come from `make`.
-    pub fn new(make: impl Fn() -> Shared + Send + Sync + 'static) -> Self {
-        Self {
-            make: Box::new(make),
-            lanes: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// A client for one more long-running request, and the lease that counts it. Fills lanes in order,
-    /// so few connections are used, and opens a lane when all are full. Lanes left empty at the end of
-    /// the list are closed (their connection goes with their pool), except the first.
-    pub fn acquire(&self) -> (Arc<Shared>, Lease) {
-        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        while lanes.len() > 1
-            && lanes
-                .last()
-                .is_some_and(|l| l.open.load(Ordering::Acquire) == 0)
-        {
-            lanes.pop();
-        }
-        // Every lane goes to the same server: a limit one lane has seen holds for the others.
-        let known = lanes.iter().find_map(|l| l.client.stream_limit());
-        let index = match lanes
-            .iter()
-            .position(|l| l.open.load(Ordering::Acquire) < l.capacity(known))
-        {
-            Some(i) => i,
-            None => {
-                lanes.push(Lane {
-                    client: Arc::new((self.make)()),
-                    open: Arc::new(AtomicUsize::new(0)),
-                });
-                lanes.len() - 1
-            }
-        };
-        let lane = &lanes[index];
-        (lane.client.clone(), Lease::take(&lane.open))
     }
 }

@@ -34,16 +34,21 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, Uri};
+use http::{Request, Response, Uri};
 use http_body::Body as _;
 use hyper_util::client::legacy::connect::Connection as _;
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower::ServiceExt as _;
 
-use super::{UpstreamClient, H2_PING_INTERVAL, H2_PING_TIMEOUT, POOL_IDLE_TIMEOUT};
-use crate::telemetry::metrics::CountConnections;
+use crate::base::error::BoxError;
+use crate::upstream::dial::{
+    bounded_dial, Connector, H2_PING_INTERVAL, H2_PING_TIMEOUT, POOL_IDLE_TIMEOUT,
+    POOL_MAX_IDLE_PER_HOST,
+};
 use crate::wire::body::Body;
 use crate::wire::received::{H2Body, Received};
+use crate::wire::replay::Replay;
 
 /// HTTP/2 receive window per stream: what one response may have in flight unread. hyper's fixed
 /// default; Go's is 4 MiB. A client that stops reading holds at most this much in kproxy per stream.
@@ -59,10 +64,19 @@ pub const MAX_HEADER_LIST_SIZE: u32 = 1024 * 1024;
 /// Bytes of request body queued per stream before the sender waits (hyper's default).
 pub const MAX_SEND_BUFFER_SIZE: usize = 1024 * 1024;
 
-use crate::base::error::BoxError;
+/// The HTTP/1.1 keep-alive pool (bulk reads, and servers without HTTP/2).
+pub type UpstreamClient = Client<Handoff, Body>;
 
-/// The dialler [`Shared`] makes its connection with: TLS with ALPN over the egress route, counted.
-pub type Connector = CountConnections<hyper_rustls::HttpsConnector<super::egress::EgressConnector>>;
+/// An HTTP/1.1 keep-alive pool dialling with `connector` (its connections never speak HTTP/2, so
+/// none of hyper-util's HTTP/2 settings apply).
+fn pooled_client(connector: Handoff) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .build(connector)
+}
 
 /// A connection as [`Connector`] makes it.
 type Io = <Connector as tower::Service<Uri>>::Response;
@@ -103,7 +117,7 @@ impl tower::Service<Uri> for Handoff {
     fn call(&mut self, uri: Uri) -> Self::Future {
         match self.parked.lock().unwrap_or_else(|e| e.into_inner()).take() {
             Some(io) => Box::pin(std::future::ready(Ok(io))),
-            None => Box::pin(super::bounded_dial(self.dial_timeout, self.inner.call(uri))),
+            None => Box::pin(bounded_dial(self.dial_timeout, self.inner.call(uri))),
         }
     }
 }
@@ -117,16 +131,24 @@ pub enum SendError {
     /// The HTTP/2 handshake or the request's stream failed.
     #[error("client error (HTTP/2)")]
     Http2(#[source] h2::Error),
+    /// An upgrade tunnel's connection could not be made.
+    #[error(transparent)]
+    Tunnel(BoxError),
     /// An error from the HTTP/1.1 pool.
     #[error(transparent)]
     Pooled(#[from] hyper_util::client::legacy::Error),
 }
 
 impl SendError {
+    /// Whether the server refused the request's stream unprocessed (see [`Shared::request`]).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, SendError::Http2(e) if unprocessed(e))
+    }
+
     /// Whether no connection to the API server could be made at all.
     pub fn is_connect(&self) -> bool {
         match self {
-            SendError::Connect(_) => true,
+            SendError::Connect(_) | SendError::Tunnel(_) => true,
             SendError::Pooled(e) => e.is_connect(),
             SendError::Http2(_) => false,
         }
@@ -137,7 +159,7 @@ impl SendError {
 /// HTTP/1.1 pool when the server does not speak HTTP/2 (see the module doc).
 pub struct Shared {
     connector: Connector,
-    /// The bound on each dial (`super::bounded_dial`).
+    /// The bound on each dial ([`bounded_dial`]).
     dial_timeout: Duration,
     builder: h2::client::Builder,
     /// Requests go here when the server chose HTTP/1.1, or when HTTP/2 is off.
@@ -190,7 +212,7 @@ impl Shared {
         dial_timeout: Duration,
     ) -> Self {
         let handoff = Handoff::new(http1, dial_timeout);
-        let http1 = super::pooled_client(handoff.clone());
+        let http1 = pooled_client(handoff.clone());
         let mut builder = h2::client::Builder::new();
         builder
             .initial_window_size(STREAM_WINDOW)
@@ -228,7 +250,7 @@ impl Shared {
     ///   rebalance clients, and a request that raced one would otherwise fail with a 502. The copy of
     ///   the head kept for this costs a header map clone per such request.
     pub async fn request(&self, req: Request<Body>) -> Result<Response<Received>, SendError> {
-        let template = req.body().is_end_stream().then(|| Head::of(&req));
+        let template = req.body().is_end_stream().then(|| Replay::of(&req));
         let mut used = None;
         let answer = self.request_once(req, &mut used).await;
         match template {
@@ -245,7 +267,7 @@ impl Shared {
     async fn resend(
         &self,
         mut answer: Result<Response<Received>, SendError>,
-        template: Head,
+        template: Replay,
         mut used: Option<u64>,
     ) -> Result<Response<Received>, SendError> {
         for retry in 0..UNPROCESSED_RETRIES {
@@ -401,7 +423,7 @@ impl Shared {
             *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Http1;
             return Ok(Route::Http1);
         }
-        let io = super::bounded_dial(
+        let io = bounded_dial(
             self.dial_timeout,
             self.connector.clone().oneshot(uri.clone()),
         )
@@ -455,28 +477,6 @@ impl std::error::Error for DialFailed {
 /// 160 ms (Go's transport: 6 times, backing off from 1 s; a refusal by GOAWAY is answered by the next
 /// connection at once, so kproxy starts sooner).
 const UNPROCESSED_RETRIES: u32 = 5;
-
-/// A request's method, URI and headers, kept to send it again.
-struct Head(http::Method, Uri, HeaderMap);
-
-impl Head {
-    fn of<B>(req: &Request<B>) -> Self {
-        Head(
-            req.method().clone(),
-            req.uri().clone(),
-            req.headers().clone(),
-        )
-    }
-
-    /// A bodyless request with this head.
-    fn request(&self) -> Request<Body> {
-        let mut req = Request::new(Body::empty());
-        *req.method_mut() = self.0.clone();
-        *req.uri_mut() = self.1.clone();
-        *req.headers_mut() = self.2.clone();
-        req
-    }
-}
 
 /// Whether the server refused a stream without processing it (RFC 9113 §8.7): reset with
 /// `REFUSED_STREAM`, or above the last stream of the server's `GOAWAY`.

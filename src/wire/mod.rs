@@ -4,4 +4,5 @@
 pub mod body;
 pub mod headers;
 pub mod received;
+pub mod replay;
 pub mod status;

@@ -31,7 +31,8 @@ use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 
-use super::{bearer, Credential, CredentialError, PluginEnv, Used};
+use crate::auth::credentials::credential::{bearer, Credential, CredentialError, Used};
+use crate::base::env::Env;
 use crate::kube::kubeconfig::{PemSource, ResolvedConfig};
 use crate::kube::tls::{self, ClientIdentity};
 
@@ -58,6 +59,29 @@ const MAX_OUTPUT: u64 = 1 << 20;
 
 /// The text client-go prints when the command is missing, before the kubeconfig's `installHint`.
 const INSTALL_HINT_HELP: &str = "It looks like you are trying to use a client-go credential plugin that is not installed.\n\nTo learn more about this feature, consult the documentation available at:\n      https://kubernetes.io/docs/reference/access-authn-authz/authentication/#client-go-credential-plugins";
+
+/// The environment exec plugins inherit (client-go passes `os.Environ()`), captured through
+/// [`Env::vars`] so tests control it. Its `Debug` shows only the count: values may be secrets.
+#[derive(Clone, Default)]
+pub struct PluginEnv(Arc<Vec<(OsString, OsString)>>);
+
+impl PluginEnv {
+    /// Captures every variable of `env`.
+    pub fn capture(env: &dyn Env) -> Self {
+        Self(Arc::new(env.vars()))
+    }
+
+    /// The variables.
+    pub fn vars(&self) -> &[(OsString, OsString)] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PluginEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PluginEnv({} variables)", self.0.len())
+    }
+}
 
 /// When a credential expiring at `expiry`, obtained at `obtained`, is renewed: [`EXEC_REFRESH_LEEWAY`]
 /// early, but never earlier than half its lifetime, so a plugin that hands out a token with a few seconds

@@ -13,13 +13,14 @@
 //!
 //! Values are sensitive header values and every error names the source, never the secret.
 
+mod credential;
 pub mod exec;
 pub mod oidc;
 mod token_file;
 
-use std::ffi::OsString;
-use std::fmt;
-use std::path::PathBuf;
+pub use credential::{bearer, Credential, CredentialError, Used};
+pub use exec::PluginEnv;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +28,6 @@ use base64::Engine as _;
 use http::HeaderValue;
 use secrecy::ExposeSecret;
 
-use crate::base::env::Env;
 use crate::kube::kubeconfig::ResolvedConfig;
 use crate::kube::tls::{ClientIdentity, TLS_FILE_CHECK_PERIOD};
 use crate::upstream::egress::ProxyEnv;
@@ -59,95 +59,11 @@ impl Default for Timing {
     }
 }
 
-/// The environment exec plugins inherit (client-go passes `os.Environ()`), captured through
-/// [`Env::vars`] so tests control it. Its `Debug` shows only the count: values may be secrets.
-#[derive(Clone, Default)]
-pub struct PluginEnv(Arc<Vec<(OsString, OsString)>>);
-
-impl PluginEnv {
-    /// Captures every variable of `env`.
-    pub fn capture(env: &dyn Env) -> Self {
-        Self(Arc::new(env.vars()))
-    }
-
-    /// The variables.
-    pub fn vars(&self) -> &[(OsString, OsString)] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for PluginEnv {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PluginEnv({} variables)", self.0.len())
-    }
-}
-
-/// A credential could not be produced; the message names the source, never the secret.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum CredentialError {
-    /// A token file could not be read and no usable token exists.
-    #[error("cannot read token file {path}: {reason}")]
-    TokenFile {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-    /// An exec plugin failed: not found, exit status, timeout, malformed output.
-    #[error("exec plugin {command:?}: {reason}")]
-    Exec {
-        /// The configured command.
-        command: String,
-        /// What went wrong.
-        reason: String,
-    },
-    /// The OIDC auth provider could not produce a valid id-token.
-    #[error("oidc auth provider (issuer {issuer}): {reason}")]
-    Oidc {
-        /// `idp-issuer-url`.
-        issuer: String,
-        /// What went wrong.
-        reason: String,
-    },
-    /// The credential configuration cannot work (reported at startup).
-    #[error("{0}")]
-    Config(String),
-    /// The credential contains bytes that cannot go in an HTTP header.
-    #[error("{0} is not a valid HTTP header value (control characters?)")]
-    InvalidValue(&'static str),
-}
-
-impl CredentialError {
-    /// The message on one line, for the log (install hints and client-go's texts span several).
-    pub fn one_line(&self) -> String {
-        self.to_string()
-            .split('\n')
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-}
-
 /// client-go's message for the removed `gcp` provider (`plugin/pkg/client/auth/gcp/gcp_stub.go`).
 pub const GCP_REMOVED: &str = "The gcp auth plugin has been removed.\nPlease use the \"gke-gcloud-auth-plugin\" kubectl/client-go credential plugin instead.\nSee https://cloud.google.com/blog/products/containers-kubernetes/kubectl-auth-changes-in-gke for further details";
 
 /// client-go's message for the removed `azure` provider (`plugin/pkg/client/auth/azure/azure_stub.go`).
 pub const AZURE_REMOVED: &str = "The azure auth plugin has been removed.\nPlease use the https://github.com/Azure/kubelogin kubectl/client-go credential plugin instead.\nSee https://kubernetes.io/docs/reference/access-authn-authz/authentication/#client-go-credential-plugins for further details";
-
-/// The credential one request carries.
-#[derive(Debug, Clone)]
-pub struct Credential {
-    /// The `Authorization` value; `None` when an exec plugin returned only a client certificate (which
-    /// the TLS layer presents).
-    pub authorization: Option<HeaderValue>,
-    /// Which credential this is, to report a 401 against it.
-    pub used: Used,
-}
-
-/// Identifies one credential value of a source (a generation that changes when the value does).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Used(u64);
 
 /// What a credential source needs besides the user entry.
 pub struct Context {
@@ -297,12 +213,4 @@ impl Credentials {
     pub fn is_some(&self) -> bool {
         !matches!(self.kind, Kind::None)
     }
-}
-
-/// `Bearer <token>` as a sensitive header value.
-pub fn bearer(token: &str) -> Result<HeaderValue, CredentialError> {
-    let mut v = HeaderValue::try_from(format!("Bearer {token}"))
-        .map_err(|_| CredentialError::InvalidValue("bearer token"))?;
-    v.set_sensitive(true);
-    Ok(v)
 }

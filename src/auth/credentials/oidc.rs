@@ -28,11 +28,11 @@ use rustls::{ClientConfig, RootCertStore};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::{bearer, Credential, CredentialError, Used};
+use crate::auth::credentials::credential::{bearer, Credential, CredentialError, Used};
 use crate::kube::kubeconfig::PemSource;
 use crate::kube::tls;
+use crate::upstream::dial::http_connector;
 use crate::upstream::egress::{EgressConnector, ProxyEnv, Route};
-use crate::upstream::http_connector;
 
 /// An `id-token` is used only while it expires more than this far in the future (client-go's
 /// `expiryDelta`, against clock skew).

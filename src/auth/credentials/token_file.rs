@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 
-use super::{bearer, Credential, CredentialError, Used};
+use crate::auth::credentials::credential::{bearer, Credential, CredentialError, Used};
 
 /// A rotating token file.
 #[derive(Debug)]
