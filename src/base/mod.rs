@@ -3,3 +3,4 @@
 pub mod env;
 pub mod error;
 pub mod lease;
+pub(crate) mod single_flight;

@@ -42,6 +42,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower::ServiceExt as _;
 
 use crate::base::error::BoxError;
+use crate::base::single_flight::{Begin, SingleFlight};
 use crate::upstream::dial::{
     bounded_dial, Connector, H2_PING_INTERVAL, H2_PING_TIMEOUT, POOL_IDLE_TIMEOUT,
     POOL_MAX_IDLE_PER_HOST,
@@ -167,11 +168,9 @@ pub struct Shared {
     /// `http1`'s dialler, to give it the connection that found out.
     handoff: Handoff,
     state: Mutex<State>,
-    /// Held while dialling, so a burst of first requests makes one connection; holds how the last dial
-    /// failed, if it did, for the requests that waited on it.
-    dialling: tokio::sync::Mutex<Option<DialFailed>>,
-    /// Dials finished, to tell a request that waited on a dial from one that came after it.
-    dials: AtomicU64,
+    /// One dial at a time, so a burst of first requests makes one connection; the requests that
+    /// waited on a failed dial share its failure.
+    dialling: SingleFlight<DialFailed>,
     /// Numbers connections, so that a failed request retires the connection it failed on and not a
     /// newer one.
     next_id: AtomicU64,
@@ -230,8 +229,7 @@ impl Shared {
             http1,
             handoff,
             state: Mutex::new(if http2 { State::Idle } else { State::Http1 }),
-            dialling: tokio::sync::Mutex::new(None),
-            dials: AtomicU64::new(0),
+            dialling: SingleFlight::default(),
             next_id: AtomicU64::new(0),
             stream_limit: AtomicUsize::new(0),
         }
@@ -391,29 +389,23 @@ impl Shared {
     /// connection, or its failure. Go's transport shares an in-flight dial's outcome the same way;
     /// dialling again in turn instead would keep the Nth request waiting on a hung server for N bounds.
     async fn dial(&self, uri: &Uri) -> Result<Route, SendError> {
-        let seen = self.dials.load(Ordering::Acquire);
-        let mut last = self.dialling.lock().await;
-        if let Some(route) = self.route() {
-            return Ok(route);
-        }
-        if let Some(failed) = last.as_ref() {
-            if self.dials.load(Ordering::Acquire) != seen {
-                return Err(SendError::Connect(Box::new(failed.clone())));
-            }
-        }
-        let result = match self.connect(uri).await {
+        let ticket = self.dialling.ticket();
+        let flight = match self.dialling.begin(ticket, || self.route()).await {
+            Begin::Cached(route) => return Ok(route),
+            Begin::Failed(failed) => return Err(SendError::Connect(Box::new(failed))),
+            Begin::Refresh(flight) => flight,
+        };
+        match self.connect(uri).await {
             Err(SendError::Connect(e)) => {
                 let failed = DialFailed(Arc::new(e));
-                *last = Some(failed.clone());
+                flight.finish(Some(failed.clone()));
                 Err(SendError::Connect(Box::new(failed)))
             }
             other => {
-                *last = None;
+                flight.finish(None);
                 other
             }
-        };
-        self.dials.fetch_add(1, Ordering::Release);
-        result
+        }
     }
 
     /// Makes the connection (TCP, TLS, the HTTP/2 handshake) and records it as the current one.

@@ -33,6 +33,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::auth::credentials::credential::{bearer, Credential, CredentialError, Used};
 use crate::base::env::Env;
+use crate::base::single_flight::{Begin, SingleFlight, Ticket};
 use crate::kube::kubeconfig::{PemSource, ResolvedConfig};
 use crate::kube::tls::{self, ClientIdentity};
 
@@ -97,8 +98,8 @@ pub(super) struct ExecAuth {
     identity: Arc<ClientIdentity>,
     timeout: Duration,
     state: Mutex<State>,
-    /// Held while the plugin runs: one run at a time.
-    run: tokio::sync::Mutex<()>,
+    /// One run at a time; requests that waited for a run share its outcome.
+    run: SingleFlight<CredentialError>,
 }
 
 impl std::fmt::Debug for ExecAuth {
@@ -126,10 +127,6 @@ struct State {
     current: Option<Cached>,
     /// The API server rejected `current`.
     stale: bool,
-    /// Finished runs; a waiter that sees it move knows a run ended while it waited.
-    runs: u64,
-    /// The error of the last run, when it failed.
-    last_error: Option<CredentialError>,
     /// Bumped when the credential's content changes.
     generation: u64,
 }
@@ -216,44 +213,36 @@ impl ExecAuth {
             identity,
             timeout,
             state: Mutex::new(State::default()),
-            run: tokio::sync::Mutex::new(()),
+            run: SingleFlight::default(),
         })
     }
 
     /// The credential for the next request: the cached one while usable, else the result of a run.
     pub(super) async fn current(&self) -> Result<Credential, CredentialError> {
-        let seen = {
-            let state = self.lock();
-            if let Some(c) = state.usable(SystemTime::now()) {
-                return Ok(c);
-            }
-            state.runs
-        };
+        let ticket = self.run.ticket();
+        if let Some(c) = self.lock().usable(SystemTime::now()) {
+            return Ok(c);
+        }
         // Boxed: a run (the process, its pipes, the timeout) makes a future of kilobytes, and every
         // request's future would carry, and copy, that room for what happens once an hour.
-        Box::pin(self.renew(seen)).await
+        Box::pin(self.renew(ticket)).await
     }
 
-    /// Runs the plugin, unless a request that held the lock before did since `seen`.
-    async fn renew(&self, seen: u64) -> Result<Credential, CredentialError> {
-        let _running = self.run.lock().await;
+    /// Runs the plugin, unless a run ended while this request waited: then it shares that outcome.
+    async fn renew(&self, ticket: Ticket) -> Result<Credential, CredentialError> {
+        let flight = match self
+            .run
+            .begin(ticket, || self.lock().usable(SystemTime::now()))
+            .await
         {
-            let state = self.lock();
-            if state.runs != seen {
-                // Another request ran the plugin while this one waited: share its outcome.
-                if let Some(c) = state.usable(SystemTime::now()) {
-                    return Ok(c);
-                }
-                if let Some(e) = &state.last_error {
-                    return Err(e.clone());
-                }
-            }
-        }
+            Begin::Cached(c) => return Ok(c),
+            Begin::Failed(e) => return Err(e),
+            Begin::Refresh(flight) => flight,
+        };
         let result = self.plugin.run(self.timeout).await;
         // ops hook (observe): refresh counters, and /readyz fails while the plugin fails.
         crate::telemetry::hooks::credential_refreshed(result.is_ok());
         let mut state = self.lock();
-        state.runs += 1;
         match result {
             Ok(out) => {
                 let changed = state
@@ -286,12 +275,12 @@ impl ExecAuth {
                     generation: state.generation,
                 });
                 state.stale = false;
-                state.last_error = None;
+                flight.finish(None);
                 Ok(credential)
             }
             Err(e) => {
                 tracing::warn!(error = %e.one_line(), "exec credential plugin failed");
-                state.last_error = Some(e.clone());
+                flight.finish(Some(e.clone()));
                 Err(e)
             }
         }

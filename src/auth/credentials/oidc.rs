@@ -29,6 +29,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::auth::credentials::credential::{bearer, Credential, CredentialError, Used};
+use crate::base::single_flight::{Begin, SingleFlight, Ticket};
 use crate::kube::kubeconfig::PemSource;
 use crate::kube::tls;
 use crate::upstream::dial::http_connector;
@@ -62,8 +63,8 @@ pub(super) struct OidcAuth {
     persist: Option<(PathBuf, String)>,
     proxy_env: ProxyEnv,
     state: Mutex<State>,
-    /// Held during a refresh: one at a time, shared by the requests that wait for it.
-    refresh: tokio::sync::Mutex<()>,
+    /// One refresh at a time, its outcome shared by the requests that waited for it.
+    refresh: SingleFlight<CredentialError>,
 }
 
 impl std::fmt::Debug for OidcAuth {
@@ -82,8 +83,6 @@ struct State {
     /// The header for `id_token` and its expiry, while it is known to be valid.
     valid: Option<(HeaderValue, SystemTime)>,
     generation: u64,
-    runs: u64,
-    last_error: Option<CredentialError>,
 }
 
 impl State {
@@ -148,7 +147,7 @@ impl OidcAuth {
             persist,
             proxy_env,
             state: Mutex::new(state),
-            refresh: tokio::sync::Mutex::new(()),
+            refresh: SingleFlight::default(),
         })
     }
 
@@ -165,41 +164,35 @@ impl OidcAuth {
 
     /// The `id-token` for the next request, refreshed first when it is about to expire.
     pub(super) async fn current(&self) -> Result<Credential, CredentialError> {
-        let seen = {
-            let state = self.lock();
-            if let Some(c) = state.usable(SystemTime::now()) {
-                return Ok(c);
-            }
-            state.runs
-        };
+        let ticket = self.refresh.ticket();
+        if let Some(c) = self.lock().usable(SystemTime::now()) {
+            return Ok(c);
+        }
         // Boxed: the refresh (an HTTPS exchange with the identity provider) makes a future of
         // kilobytes, which every request's future would otherwise carry and copy.
-        Box::pin(self.renew(seen)).await
+        Box::pin(self.renew(ticket)).await
     }
 
-    /// Refreshes the token, unless a request that held the lock before did since `seen`.
-    async fn renew(&self, seen: u64) -> Result<Credential, CredentialError> {
-        let _refreshing = self.refresh.lock().await;
+    /// Refreshes the token, unless a refresh ended while this request waited: then it shares that
+    /// outcome.
+    async fn renew(&self, ticket: Ticket) -> Result<Credential, CredentialError> {
+        let flight = match self
+            .refresh
+            .begin(ticket, || self.lock().usable(SystemTime::now()))
+            .await
         {
-            let state = self.lock();
-            if let Some(c) = state.usable(SystemTime::now()) {
-                return Ok(c);
-            }
-            if state.runs != seen {
-                if let Some(e) = &state.last_error {
-                    return Err(e.clone());
-                }
-            }
-        }
+            Begin::Cached(c) => return Ok(c),
+            Begin::Failed(e) => return Err(e),
+            Begin::Refresh(flight) => flight,
+        };
         let result = self.obtain().await;
         let mut state = self.lock();
-        state.runs += 1;
         match result {
             Ok((id_token, refresh_token)) => {
                 let Some(valid) = valid_header(id_token.expose_secret()) else {
                     let e = self.error("the identity provider returned an id_token that is not a valid, unexpired JWT");
                     tracing::warn!(error = %e.one_line(), "oidc token refresh failed");
-                    state.last_error = Some(e.clone());
+                    flight.finish(Some(e.clone()));
                     return Err(e);
                 };
                 state.id_token = Some(id_token);
@@ -208,14 +201,14 @@ impl OidcAuth {
                 }
                 state.valid = Some(valid);
                 state.generation += 1;
-                state.last_error = None;
+                flight.finish(None);
                 Ok(state
                     .usable(SystemTime::UNIX_EPOCH)
                     .expect("a token just validated is usable"))
             }
             Err(e) => {
                 tracing::warn!(error = %e.one_line(), "oidc credential unavailable");
-                state.last_error = Some(e.clone());
+                flight.finish(Some(e.clone()));
                 Err(e)
             }
         }
