@@ -10,6 +10,7 @@ const ORDER: &[&str] = &[
     // base: no imports from the crate.
     "base::env",
     "base::error",
+    "base::host",
     "base::lease",
     "base::single_flight",
     "base",

@@ -22,6 +22,7 @@ use crate::app::build::Lifecycle;
 use crate::app::config::Listen;
 use crate::app::error::StartupError;
 use crate::app::reload::Routers;
+use crate::base::host::join_host_port;
 
 /// Client connections served at once; further connections wait in the kernel backlog. Sized for a
 /// thousand watches over HTTP/1.1 (one connection each) with room to spare, and about 4 KiB of idle
@@ -93,11 +94,7 @@ async fn bind_tcp(address: &str, port: u16) -> Result<Listener, StartupError> {
         .strip_prefix('[')
         .and_then(|a| a.strip_suffix(']'))
         .unwrap_or(address);
-    let shown = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
+    let shown = join_host_port(host, port);
     let err = |source| StartupError::Bind {
         addr: format!("tcp {shown}"),
         source,

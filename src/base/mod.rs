@@ -2,5 +2,6 @@
 
 pub mod env;
 pub mod error;
+pub mod host;
 pub mod lease;
 pub(crate) mod single_flight;

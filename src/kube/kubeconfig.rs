@@ -17,6 +17,7 @@ use kube::config::{
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::base::env::Env;
+use crate::base::host::join_host_port;
 
 /// The in-cluster service-account directory kubelet mounts.
 pub const DEFAULT_INCLUSTER_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -923,11 +924,7 @@ fn incluster(
 ) -> Result<ResolvedConfig, ConfigError> {
     let host = env.non_empty("KUBERNETES_SERVICE_HOST").unwrap_or_default();
     let port = env.non_empty("KUBERNETES_SERVICE_PORT").unwrap_or_default();
-    let host_port = if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
+    let host_port = join_host_port(&host, &port);
     let token_path = dir.join("token");
     let token = std::fs::read_to_string(&token_path).map_err(|e| {
         ConfigError::InCluster(format!(

@@ -93,6 +93,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     upgrade
 }
 
+/// An `Authorization: Basic` value for `user` and `password` (RFC 7617), marked sensitive so it is never
+/// logged or indexed by HPACK; `None` when the result cannot be a header value.
+pub fn basic_auth(user: &str, password: &str) -> Option<http::HeaderValue> {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let mut value = http::HeaderValue::try_from(format!("Basic {encoded}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,13 +24,13 @@ pub use exec::PluginEnv;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use http::HeaderValue;
 use secrecy::ExposeSecret;
 
 use crate::kube::kubeconfig::ResolvedConfig;
 use crate::kube::tls::{ClientIdentity, TLS_FILE_CHECK_PERIOD};
 use crate::upstream::egress::ProxyEnv;
+use crate::wire::headers::basic_auth;
 
 /// How long a token read from a file is used before the file is read again. client-go uses one minute
 /// minus ten seconds of leeway; kubelet rewrites projected service-account tokens at 80% of their TTL,
@@ -151,12 +151,10 @@ impl Credentials {
         } else if let Some(value) = inline {
             Kind::Static(value)
         } else if let Some((user, pass)) = &auth.basic {
-            let encoded = base64::engine::general_purpose::STANDARD
-                .encode(format!("{user}:{}", pass.expose_secret()));
-            let mut v = HeaderValue::try_from(format!("Basic {encoded}"))
-                .map_err(|_| CredentialError::InvalidValue("basic auth credentials"))?;
-            v.set_sensitive(true);
-            Kind::Static(v)
+            Kind::Static(
+                basic_auth(user, pass.expose_secret())
+                    .ok_or(CredentialError::InvalidValue("basic auth credentials"))?,
+            )
         } else if let Some(p) = provider {
             Kind::Oidc(Box::new(p))
         } else if let Some(e) = exec {

@@ -34,6 +34,7 @@ use crate::kube::kubeconfig::PemSource;
 use crate::kube::tls;
 use crate::upstream::dial::http_connector;
 use crate::upstream::egress::{EgressConnector, ProxyEnv, Route};
+use crate::wire::headers::basic_auth;
 
 /// An `id-token` is used only while it expires more than this far in the future (client-go's
 /// `expiryDelta`, against clock skew).
@@ -344,14 +345,11 @@ impl OidcAuth {
                 .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
                 .header(header::ACCEPT, "application/json");
             if !in_params {
-                let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-                    "{}:{}",
-                    utf8_percent_encode(&self.client_id, FORM),
-                    utf8_percent_encode(self.client_secret.expose_secret(), FORM)
-                ));
-                let mut v = HeaderValue::try_from(format!("Basic {basic}"))
-                    .map_err(|_| self.error("client-id or client-secret cannot be sent"))?;
-                v.set_sensitive(true);
+                let v = basic_auth(
+                    &utf8_percent_encode(&self.client_id, FORM).to_string(),
+                    &utf8_percent_encode(self.client_secret.expose_secret(), FORM).to_string(),
+                )
+                .ok_or_else(|| self.error("client-id or client-secret cannot be sent"))?;
                 req = req.header(header::AUTHORIZATION, v);
             }
             let req = req
