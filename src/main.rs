@@ -31,7 +31,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    kproxy::telemetry::logging::init(cli.verbosity, std::env::var("RUST_LOG").ok().as_deref());
+    kproxy::logging::init(cli.verbosity, std::env::var("RUST_LOG").ok().as_deref());
 
     let runtime = match runtime() {
         Ok(rt) => rt,

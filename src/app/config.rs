@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crate::app::error::StartupError;
 use crate::app::watch::Baseline;
-use crate::auth::credentials::{PluginEnv, Timing};
+use crate::auth::credentials::PluginEnv;
+pub use crate::auth::credentials::Timing;
 use crate::base::env::Env;
 use crate::cli::{Cli, DEFAULT_PORT};
 use crate::kube::kubeconfig::{self, ConfigError, LoadOptions, Overrides, ResolvedConfig};
@@ -35,28 +36,28 @@ pub struct Config {
     /// The listener.
     pub listen: Listen,
     /// `--api-prefix`, normalised to start and end with `/`.
-    pub api_prefix: String,
+    pub(crate) api_prefix: String,
     /// `--www` and `--www-prefix` (normalised).
-    pub www: Option<(PathBuf, String)>,
+    pub(crate) www: Option<(PathBuf, String)>,
     /// `None` with `--disable-filter`.
-    pub filter: Option<Filter>,
+    pub(crate) filter: Option<Filter>,
     /// The API server and credentials.
-    pub cluster: ResolvedConfig,
+    pub(crate) cluster: ResolvedConfig,
     /// `--append-server-path`.
-    pub append_server_path: bool,
+    pub(crate) append_server_path: bool,
     /// TCP keep-alive for upgrade connections (`--keepalive`): `None` disables it.
-    pub keepalive: Option<Duration>,
+    pub(crate) keepalive: Option<Duration>,
     /// `--shutdown-grace`.
     pub shutdown_grace: Duration,
     /// HTTP/2 to the API server (off when `DISABLE_HTTP2` is set, as in client-go).
-    pub http2: bool,
+    pub(crate) http2: bool,
     /// How connections reach the API server: the cluster's `proxy-url`, else `HTTPS_PROXY` /
     /// `HTTP_PROXY` / `NO_PROXY`, else directly.
-    pub route: Route,
+    pub(crate) route: Route,
     /// The proxy variables, for requests to an OIDC identity provider.
-    pub proxy_env: ProxyEnv,
+    pub(crate) proxy_env: ProxyEnv,
     /// The environment exec credential plugins inherit.
-    pub plugin_env: PluginEnv,
+    pub(crate) plugin_env: PluginEnv,
     /// Credential and certificate refresh timings: the documented defaults; tests shorten them here.
     pub timing: Timing,
     /// The bound on one upstream dial, TCP plus TLS: [`crate::upstream::dial::DIAL_TIMEOUT`]; tests shorten it.
@@ -65,21 +66,21 @@ pub struct Config {
     /// `--admin-address`: where `/healthz`, `/readyz` and `/metrics` are served (`None`: nowhere).
     pub admin_address: Option<String>,
     /// `--access-log`.
-    pub access_log: access_log::Format,
+    pub(crate) access_log: access_log::Format,
     /// `--config-poll-interval`: how often the files the cluster configuration came from are checked
     /// for changes (`None`: only on SIGHUP).
     pub poll_interval: Option<Duration>,
     /// What `cluster` was loaded from, so a reload can load it again the same way.
-    pub load: LoadOptions,
+    pub(crate) load: LoadOptions,
     /// The environment `cluster` was resolved with, for reloads.
-    pub env: SharedEnv,
+    pub(crate) env: SharedEnv,
     /// The configuration files' contents as they were just before `cluster` was loaded.
-    pub baseline: Baseline,
+    pub(crate) baseline: Baseline,
 }
 
 /// The environment kept for reloads.
 #[derive(Clone)]
-pub struct SharedEnv(pub Arc<dyn Env>);
+pub(crate) struct SharedEnv(pub(crate) Arc<dyn Env>);
 
 impl std::ops::Deref for SharedEnv {
     type Target = dyn Env;
@@ -234,7 +235,10 @@ impl Config {
 
 /// How connections reach the cluster's server: its `proxy-url`, else the proxy variables, else directly.
 /// Chosen again on every configuration reload.
-pub fn route_for(cluster: &ResolvedConfig, proxy_env: &ProxyEnv) -> Result<Route, StartupError> {
+pub(crate) fn route_for(
+    cluster: &ResolvedConfig,
+    proxy_env: &ProxyEnv,
+) -> Result<Route, StartupError> {
     let target: http::Uri = format!("{}://{}", cluster.server.scheme, cluster.server.authority)
         .parse()
         .map_err(|e| ConfigError::Invalid(format!("server URL: {e}")))?;

@@ -3,13 +3,15 @@
 //! entry point [`crate::run`] and every test harness start kproxy through it, so the startup sequence
 //! exists once.
 
-pub mod admin;
-pub mod build;
+mod admin;
+mod build;
 pub mod config;
 pub mod error;
-pub mod reload;
-pub mod server;
-pub mod watch;
+mod reload;
+mod server;
+mod watch;
+
+pub use server::Listener;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,7 +25,7 @@ use crate::app::build::Lifecycle;
 use crate::app::config::Config;
 use crate::app::error::StartupError;
 use crate::app::reload::Routers;
-use crate::app::server::Listener;
+
 use crate::proxy::router::Router;
 
 /// kproxy, built and bound, ready to serve.

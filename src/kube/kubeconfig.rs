@@ -240,7 +240,9 @@ pub struct ResolvedConfig {
     pub disable_compression: bool,
     /// The selected cluster entry, for exec plugins' `provideClusterInfo`.
     pub cluster: Option<Cluster>,
-    /// The namespace of the context or service account (informational).
+    /// The namespace of the context or service account, resolved as client-go does. Nothing reads it
+    /// yet: the kubeconfig that `kproxy kubeconfig` will write (issue 14) keeps it.
+    #[allow(dead_code)]
     pub namespace: Option<String>,
 }
 

@@ -67,11 +67,6 @@ impl MethodIndex {
         };
         MethodIndex(i)
     }
-
-    /// The label value.
-    pub fn label(self) -> &'static str {
-        METHODS[self.0 as usize]
-    }
 }
 
 /// A latency histogram of atomics (prometheus-client's own histogram takes a lock per observation).

@@ -46,7 +46,6 @@ use http::{Request, Response, Uri};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use tower::ServiceExt as _;
 
-use crate::base::error::BoxError;
 pub use crate::base::lease::Lease;
 use crate::kube::tls::TlsState;
 use crate::telemetry::metrics::UpstreamStats;
@@ -54,7 +53,7 @@ use crate::wire::received::Received;
 use dial::{bounded_dial, egress, https, Dialler};
 use egress::{EgressConnector, EgressStream, Route};
 use lanes::StreamLanes;
-pub use lanes::{MAX_STREAMS_PER_LANE, STREAMS_PER_LANE};
+
 use shared::{SendError, Shared, UpstreamClient};
 
 /// The connector upgrade tunnels dial with (HTTP/1.1 only).
@@ -253,11 +252,9 @@ impl Upstream {
     /// as `--keepalive` says, bounded like every dial.
     pub async fn dial_upgrade(&self, uri: Uri) -> Result<UpgradeIo, UpstreamError> {
         let dial = self.connectors().upgrade.clone().oneshot(uri);
-        bounded_dial(self.dial_timeout, async move {
-            dial.await.map_err(BoxError::from)
-        })
-        .await
-        .map_err(|e| UpstreamError::classify(SendError::Tunnel(e)))
+        bounded_dial(self.dial_timeout, dial)
+            .await
+            .map_err(|e| UpstreamError::classify(SendError::Tunnel(e)))
     }
 
     /// A place for one more bulk read on its own HTTP/1.1 connection, or `None` when

@@ -93,11 +93,6 @@ enum Kind {
 }
 
 impl Credentials {
-    /// Credentials that add nothing.
-    pub fn none() -> Self {
-        Self { kind: Kind::None }
-    }
-
     /// Builds the source the user entry names. Configuration errors (an unknown or removed auth
     /// provider, a bad exec `apiVersion`, an unreadable token file) fail here, at startup, as in
     /// client-go.
@@ -205,10 +200,5 @@ impl Credentials {
     /// without `Authorization` still carried kproxy's credential.
     pub fn may_be_certificate(&self) -> bool {
         matches!(self.kind, Kind::Exec(_))
-    }
-
-    /// Whether this user sends any credential of its own.
-    pub fn is_some(&self) -> bool {
-        !matches!(self.kind, Kind::None)
     }
 }
