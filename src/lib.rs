@@ -1,5 +1,38 @@
 //! kproxy: a drop-in replacement for `kubectl proxy`, the authenticating local gateway to the
 //! Kubernetes API.
+//!
+//! # Using it as a library
+//! [`Config::from_cli`] validates flags into plain data; [`App::build`] builds the router, binds the
+//! listeners and registers signal handlers; [`App::serve`] runs until a shutdown future completes and
+//! drains. `main.rs`, [`run`] and every test harness go through that one sequence.
+//!
+//! # Layers
+//! Each folder of `src/` is a layer. A module uses only the layers above it in this list, and within a
+//! layer only the modules before it (`tests/layers.rs` fails on any other import, so no cycle can form):
+//! 1. `base`: leaves: the environment behind a trait (`env`, so tests inject it), the boxed error type
+//!    and error chains, host:port text, the `Lease` of a bounded group, and the
+//!    single-flight cell behind every shared refresh (exec plugin, OIDC, the shared dial).
+//! 2. `wire`: HTTP vocabulary: the response body type (allocation-free on the relay path), received
+//!    bodies, the hop-by-hop header table (RFC 9110 §7.6.1), Kubernetes `Status` bodies, and the one
+//!    way a bodyless request is sent again.
+//! 3. `telemetry`: what operators see: hooks that code below reports through (no-ops outside an
+//!    observed request), readiness inputs, Prometheus metrics, the access log, `-v` levels, and the
+//!    per-request observer.
+//! 4. `kube`: the kubeconfig or in-cluster configuration resolved by client-go's rules, and the rustls
+//!    material built from it, reloaded when its files change.
+//! 5. `upstream`: the connections to the API server: `dial` (client-go's bounds, TLS over the
+//!    `egress` route: direct or through an HTTP(S)/SOCKS5 proxy), `shared` (one HTTP/2 connection and its
+//!    HTTP/1.1 pool), `lanes` (HTTP/2 connections for watches), and `Upstream::send`, the one
+//!    request-level call.
+//! 6. `auth`: the user's credential kept fresh (token, token file, basic, exec plugin, OIDC;
+//!    docs/credentials.md) and impersonation, applied with client-go's precedence.
+//! 7. `proxy`: request handling on the listener: `router` (path cleaning, prefixes), `filter` (kubectl's
+//!    regexes), `static_files` (`--www`), `forward` (rewrite and relay, streaming both bodies),
+//!    `upgrade` (WebSocket/SPDY tunnels), and `error`, mapped once to `Status` answers.
+//! 8. [`cli`]: every `kubectl proxy` flag with kubectl's names and defaults, plus kproxy's own.
+//! 9. [`app`]: the composition root: validated [`Config`], startup errors and exit codes, building
+//!    the router, hot reload (`reload`, polling the files `watch` names), the listener and drain
+//!    (`server`), the admin listener (`admin`: `/healthz`, `/readyz`, `/metrics`), and [`App`].
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, missing_docs)]
 

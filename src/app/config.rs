@@ -1,5 +1,5 @@
 //! Turns the command line and environment into a validated [`Config`]: plain data, loaded once and
-//! again on every reload. What is built from it lives in [`crate::app::build`].
+//! again on every reload. What is built from it lives in `app::build`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,7 +60,7 @@ pub struct Config {
     pub(crate) plugin_env: PluginEnv,
     /// Credential and certificate refresh timings: the documented defaults; tests shorten them here.
     pub timing: Timing,
-    /// The bound on one upstream dial, TCP plus TLS: [`crate::upstream::dial::DIAL_TIMEOUT`]; tests shorten it.
+    /// The bound on one upstream dial, TCP plus TLS: `upstream::dial::DIAL_TIMEOUT` (40 s); tests shorten it.
     pub dial_timeout: Duration,
     // ---- operations (admin listener, access log, hot reload) ----
     /// `--admin-address`: where `/healthz`, `/readyz` and `/metrics` are served (`None`: nowhere).

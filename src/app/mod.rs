@@ -108,7 +108,7 @@ impl App {
     }
 
     /// Serves the proxy, the admin listener and the reloader until `shutdown` completes; then drains
-    /// (see [`server::serve`]) and stops the rest.
+    /// (see `server::serve`) and stops the rest.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let App {
             config,

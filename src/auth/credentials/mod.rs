@@ -41,11 +41,12 @@ pub const TOKEN_FILE_PERIOD: Duration = Duration::from_secs(50);
 /// [`crate::Config::timing`] instead of waiting for them (there is no flag: these are not user knobs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
-    /// [`TOKEN_FILE_PERIOD`].
+    /// How long a token read from a file is used before it is read again (50 s, client-go's one minute
+    /// less leeway).
     pub token_file_period: Duration,
-    /// [`exec::EXEC_TIMEOUT`].
+    /// How long an exec plugin may run.
     pub exec_timeout: Duration,
-    /// [`TLS_FILE_CHECK_PERIOD`].
+    /// How often certificate and CA files are checked for changes.
     pub tls_file_check_period: Duration,
 }
 
