@@ -6,7 +6,7 @@
 #   bash tests/e2e.sh [extra cargo test harness args, e.g. a test name filter]
 #
 # Installs what it can (the Python client, into a cached virtualenv) and fails loudly on anything else
-# that is missing: Go (to build the API server), kubectl, curl, python3 with venv.
+# that is missing: Go (to build the API server and kwok), kubectl, curl, python3 with venv.
 # Env: KPROXY_E2E_KUBECTL (default: kubectl on PATH), KPROXY_E2E_THREADS (default 2),
 # KPROXY_E2E_CACHE (default ~/.cache/kproxy-e2e, holds the virtualenv), plus build.sh's GO and
 # KPROXY_TESTENV_CACHE.
@@ -26,6 +26,11 @@ kubectl=${KPROXY_E2E_KUBECTL:-$(command -v kubectl || true)}
 # 1. The API server: built once per go.mod/go.sum/main.go, cached outside the repository.
 apiserver=$(bash tests/apiserver/build.sh | tail -n 1) || die "building the API server failed (see above)"
 [ -x "$apiserver" ] || die "tests/apiserver/build.sh printed no binary (got: $apiserver)"
+
+# 1b. kwok, the kubelet for exec / attach / logs / port-forward (tests/e2e_streams.rs): built once per
+#     tests/kwok/go.mod+go.sum+build.sh, cached outside the repository.
+kwok=$(bash tests/kwok/build.sh | tail -n 1) || die "building kwok failed (see above)"
+[ -x "$kwok" ] || die "tests/kwok/build.sh printed no binary (got: $kwok)"
 
 # 2. The Python client, pinned in tests/e2e/requirements.txt, in a virtualenv keyed on that file (the
 #    system Python may be externally managed, PEP 668).
@@ -50,8 +55,8 @@ fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/kproxy-e2e.XXXXXX")
 command -v setsid >/dev/null || die "setsid not found (util-linux)"
 export KPROXY_E2E_APISERVER=$apiserver KPROXY_E2E_KUBECTL=$kubectl KPROXY_E2E_PYTHON=$venv/bin/python \
-  KPROXY_E2E_WORKDIR=$work
-setsid cargo test --locked --test e2e_real_apiserver -- --ignored \
+  KPROXY_E2E_KWOK=$kwok KPROXY_E2E_WORKDIR=$work
+setsid cargo test --locked --test e2e_real_apiserver --test e2e_streams -- --ignored \
   --test-threads="${KPROXY_E2E_THREADS:-2}" "$@" &
 suite=$!
 trap 'kill -TERM -- "-$suite" 2>/dev/null || true' EXIT

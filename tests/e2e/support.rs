@@ -58,7 +58,9 @@ fn workdir() -> &'static Path {
         let dir = match std::env::var("KPROXY_E2E_WORKDIR") {
             Ok(d) if !d.is_empty() => PathBuf::from(d),
             _ => std::env::temp_dir().join(format!("kproxy-e2e-{}", std::process::id())),
-        };
+        }
+        // One subdirectory per test binary: each starts its own API server in it.
+        .join(env!("CARGO_CRATE_NAME"));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     })
@@ -125,6 +127,7 @@ impl ApiServer {
         let stderr = std::fs::File::create(&stderr_path).map_err(|e| e.to_string())?;
         let started = Instant::now();
         let mut child = Command::new(bin)
+            .args(kubelet_flags())
             .args(flags)
             .env("TESTENV_DIR", dir)
             .env("TESTENV_STDIN_EOF_EXIT", "1")
@@ -501,7 +504,7 @@ impl Collector {
         self.buf.lock().unwrap().clone()
     }
     /// Waits for the pipe to close (after the process exited).
-    fn finish(&self) {
+    pub fn finish(&self) {
         if let Some(h) = self.done.lock().unwrap().take() {
             let _ = h.join();
         }
@@ -516,6 +519,8 @@ impl Collector {
 pub struct Proc {
     pub name: String,
     child: Child,
+    /// Its stdin, when spawned with [`Proc::spawn_piped`].
+    pub stdin: Option<ChildStdin>,
     stderr_path: PathBuf,
     /// Its stdout, for stream readers.
     pub stdout: Collector,
@@ -524,17 +529,29 @@ pub struct Proc {
 impl Proc {
     /// Spawns `cmd` with stdout collected and stderr in a file.
     pub fn spawn(ctx: &Ctx, name: &str, mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::null());
+        Proc::spawn_with(ctx, name, cmd)
+    }
+
+    /// Like [`Proc::spawn`], with a pipe to its stdin in [`Proc::stdin`].
+    pub fn spawn_piped(ctx: &Ctx, name: &str, mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::piped());
+        Proc::spawn_with(ctx, name, cmd)
+    }
+
+    fn spawn_with(ctx: &Ctx, name: &str, mut cmd: Command) -> Proc {
         let stderr_path = ctx.file(&format!("{name}.stderr"));
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
+        cmd.stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).unwrap());
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let stdout = collector(child.stdout.take().unwrap());
+        let stdin = child.stdin.take();
         Proc {
             name: name.to_owned(),
             child,
+            stdin,
             stderr_path,
             stdout,
         }
@@ -551,7 +568,18 @@ impl Proc {
     /// Waits until `f(stdout so far)` returns `Some`, failing after [`WAIT`] or when the process exits
     /// without producing it.
     #[track_caller]
-    pub fn wait_for<T>(&mut self, what: &str, mut f: impl FnMut(&[u8]) -> Option<T>) -> T {
+    pub fn wait_for<T>(&mut self, what: &str, f: impl FnMut(&[u8]) -> Option<T>) -> T {
+        self.wait_for_every(Duration::from_millis(50), what, f)
+    }
+
+    /// [`Proc::wait_for`], looking every `poll` (for measuring when something arrived).
+    #[track_caller]
+    pub fn wait_for_every<T>(
+        &mut self,
+        poll: Duration,
+        what: &str,
+        mut f: impl FnMut(&[u8]) -> Option<T>,
+    ) -> T {
         let start = Instant::now();
         loop {
             if let Some(v) = f(&self.stdout.bytes()) {
@@ -576,7 +604,7 @@ impl Proc {
                 self.stdout_text(),
                 self.stderr_text()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(poll);
         }
     }
 
@@ -595,6 +623,24 @@ impl Proc {
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit on its own within [`WAIT`]; its exit code.
+    #[track_caller]
+    pub fn wait_exit(&mut self) -> i32 {
+        let status = wait_bounded(&mut self.child, WAIT).unwrap_or_else(|| {
+            panic!(
+                "{} did not exit within {WAIT:?}\nstderr:\n{}",
+                self.name,
+                self.stderr_text()
+            )
+        });
+        self.stdout.finish();
+        status.code().unwrap_or(-1)
     }
 }
 
@@ -905,4 +951,246 @@ pub fn assert_same(ours: &Resp, theirs: &Resp) {
         ours.what,
         diffs.join("\n")
     );
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The kubelet: kwok (tests/kwok)
+
+/// The kubelet PKI of the run, made before the API server starts (it needs the files as flags): a CA,
+/// the serving certificate kwok presents (IP SAN 127.0.0.1, the node's InternalIP) and the client
+/// certificate the API server presents to kubelets. kwok does not check client certificates; the API
+/// server does check kwok's serving certificate against the CA.
+fn kubelet_pki() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DistinguishedName, DnType,
+            ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        };
+        let dir = workdir().join("kubelet-pki");
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, pem: String| std::fs::write(dir.join(name), pem).unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "kwok-kubelet-ca");
+        ca.distinguished_name = dn;
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate().unwrap();
+        write("ca.crt", ca.self_signed(&ca_key).unwrap().pem());
+        let issuer = Issuer::from_params(&ca, &ca_key);
+        let issue = |name: &str, mut params: CertificateParams, cn: &str| {
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, cn);
+            params.distinguished_name = dn;
+            let key = KeyPair::generate().unwrap();
+            write(
+                &format!("{name}.crt"),
+                params.signed_by(&key, &issuer).unwrap().pem(),
+            );
+            write(&format!("{name}.key"), key.serialize_pem());
+        };
+        let mut serving = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        issue("kubelet", serving, "kwok-kubelet");
+        let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        issue(
+            "apiserver-kubelet-client",
+            client,
+            "kube-apiserver-kubelet-client",
+        );
+        dir
+    })
+}
+
+/// The kube-apiserver flags for reaching kwok's kubelet endpoint over verified TLS on loopback.
+fn kubelet_flags() -> Vec<String> {
+    let pki = kubelet_pki();
+    let p = |n: &str| pki.join(n).display().to_string();
+    vec![
+        format!("--kubelet-certificate-authority={}", p("ca.crt")),
+        format!(
+            "--kubelet-client-certificate={}",
+            p("apiserver-kubelet-client.crt")
+        ),
+        format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
+        "--kubelet-preferred-address-types=InternalIP".to_owned(),
+    ]
+}
+
+/// A free port on 127.0.0.1 (closed again: a small race with other processes, as with the API server).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What a test's kwok answers on its kubelet endpoint.
+pub struct KubeletRules {
+    /// Port-forwards to any pod port go to `127.0.0.1:<this>`.
+    pub forward_to: Option<u16>,
+}
+
+/// kwok for one test: it manages the test's own node `kwok-<namespace>` and serves that node's kubelet
+/// endpoint on 127.0.0.1. Exec runs commands on this machine in [`Kwok::root`], logs come from the CRI
+/// log file [`Kwok::logs`], attach follows [`Kwok::attach_log`], port-forward dials the test's server.
+pub struct Kwok {
+    pub node: String,
+    pub port: u16,
+    /// The exec working directory (the "container's" file system, as far as the tests care).
+    pub root: PathBuf,
+    /// CRI-format log file served as every container's log.
+    pub logs: PathBuf,
+    /// CRI-format log file that attach follows.
+    pub attach_log: PathBuf,
+    pub proc: Proc,
+}
+
+impl Kwok {
+    pub fn start(ctx: &Ctx, rules: KubeletRules) -> Kwok {
+        let bin = required_env("KPROXY_E2E_KWOK");
+        let stages = Path::new(&bin).with_file_name("stages.yaml");
+        let dir = ctx.dir.join("kwok");
+        let root = dir.join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let logs = dir.join("main.log");
+        let attach_log = dir.join("attach.log");
+        std::fs::write(&logs, "").unwrap();
+        std::fs::write(&attach_log, "").unwrap();
+        let forward = match rules.forward_to {
+            Some(port) => format!(
+                "---\nkind: ClusterPortForward\napiVersion: kwok.x-k8s.io/v1alpha1\n\
+                 metadata: {{name: forward}}\nspec:\n  forwards:\n  - target: {{port: {port}, address: 127.0.0.1}}\n"
+            ),
+            None => String::new(),
+        };
+        let config = format!(
+            "kind: ClusterExec\napiVersion: kwok.x-k8s.io/v1alpha1\nmetadata: {{name: exec}}\n\
+             spec:\n  execs:\n  - local:\n      workDir: {root}\n\
+             ---\nkind: ClusterLogs\napiVersion: kwok.x-k8s.io/v1alpha1\nmetadata: {{name: logs}}\n\
+             spec:\n  logs:\n  - logsFile: {logs}\n\
+             ---\nkind: ClusterAttach\napiVersion: kwok.x-k8s.io/v1alpha1\nmetadata: {{name: attach}}\n\
+             spec:\n  attaches:\n  - logsFile: {attach}\n{forward}",
+            root = root.display(),
+            logs = logs.display(),
+            attach = attach_log.display(),
+        );
+        let rules_path = dir.join("rules.yaml");
+        std::fs::write(&rules_path, config).unwrap();
+        let node = format!("kwok-{}", ctx.ns);
+        let pki = kubelet_pki();
+        let port = free_port();
+        // tests/kwok/bin first: its `tar` ends extraction at the end of the archive, which kwok's
+        // never-closed stdin would otherwise prevent (see that file).
+        let shims = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kwok/bin");
+        let mut path = std::ffi::OsString::from(shims);
+        path.push(":");
+        path.push(path_env());
+        let mut cmd = Command::new(&bin);
+        cmd.env_clear()
+            .env("HOME", &ctx.home)
+            .env("PATH", path)
+            .arg(format!("--config={}", stages.display()))
+            .arg(format!("--config={}", rules_path.display()))
+            .arg(format!(
+                "--kubeconfig={}",
+                ctx.server.kubeconfig("admin").display()
+            ))
+            .arg(format!("--manage-single-node={node}"))
+            .arg("--node-ip=127.0.0.1")
+            .arg(format!("--node-port={port}"))
+            .arg(format!("--server-address=127.0.0.1:{port}"))
+            .arg(format!(
+                "--tls-cert-file={}",
+                pki.join("kubelet.crt").display()
+            ))
+            .arg(format!(
+                "--tls-private-key-file={}",
+                pki.join("kubelet.key").display()
+            ));
+        let proc = Proc::spawn(ctx, "kwok", cmd);
+        ctx.admin_apply(
+            &serde_json::json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": node, "annotations": {"kwok.x-k8s.io/node": "fake"}},
+            })
+            .to_string(),
+        );
+        let kwok = Kwok {
+            node,
+            port,
+            root,
+            logs,
+            attach_log,
+            proc,
+        };
+        // Ready when the node carries the kubelet port (kwok's node-initialize stage) and the kubelet
+        // endpoint answers /healthz over TLS with the certificate the API server will check.
+        let want = port.to_string();
+        ctx.eventually("kwok's node to get its kubelet endpoint", WAIT, || {
+            let out = ctx.admin(&[
+                "get",
+                "node",
+                &kwok.node,
+                "-o",
+                "jsonpath={.status.daemonEndpoints.kubeletEndpoint.Port}",
+            ]);
+            (out.stdout.trim() == want).then_some(())
+        });
+        let ca = pki.join("ca.crt");
+        let url = format!("https://127.0.0.1:{port}/healthz");
+        ctx.eventually("kwok's kubelet endpoint to answer /healthz", WAIT, || {
+            let mut cmd = ctx.curl_cmd();
+            cmd.args(["-sS", "--max-time", "5", "--cacert"])
+                .arg(&ca)
+                .arg(&url);
+            (run(cmd, None).stdout.trim() == "ok").then_some(())
+        });
+        kwok
+    }
+
+    /// Creates pod `name` (one container `main`) bound to this node and waits until kwok reports it
+    /// Running.
+    pub fn running_pod(&self, ctx: &Ctx, name: &str) {
+        ctx.admin_apply(
+            &serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": ctx.ns},
+                "spec": {
+                    "nodeName": self.node,
+                    "containers": [{"name": "main", "image": "registry.invalid/none:1"}],
+                },
+            })
+            .to_string(),
+        );
+        ctx.eventually(&format!("pod {name} to be Running"), WAIT, || {
+            let out = ctx.admin(&[
+                "-n",
+                &ctx.ns,
+                "get",
+                "pod",
+                name,
+                "-o",
+                "jsonpath={.status.phase}",
+            ]);
+            (out.stdout.trim() == "Running").then_some(())
+        });
+    }
+}
+
+/// One line of a CRI log file (what kwok reads for logs and attach): `<RFC 3339 time> stdout F <text>`.
+pub fn cri_log_line(text: &str) -> String {
+    format!("2026-01-01T00:00:00.000000000Z stdout F {text}\n")
+}
+
+/// Appends `text` to `path` (opened, written and closed: one write, one fsnotify event).
+pub fn append(path: &Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
 }
