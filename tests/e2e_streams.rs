@@ -33,7 +33,7 @@ struct Target {
 
 /// The proxies behind [`Target`]s; killed when dropped.
 struct Proxies {
-    _kproxy: Proc,
+    kproxy: Proc,
     _kubectl_proxy: Proc,
 }
 
@@ -62,7 +62,7 @@ fn targets_with(ctx: &Ctx, flags: &[&str], kproxy_only: &[&str]) -> (Proxies, Ve
     ];
     (
         Proxies {
-            _kproxy: ours,
+            kproxy: ours,
             _kubectl_proxy: reference,
         },
         targets,
@@ -156,7 +156,7 @@ fn exec_streams_stdin_stdout_stderr_and_the_exit_code_like_the_api_server() {
     let ctx = Ctx::new("exec");
     let kwok = Kwok::start(&ctx, KubeletRules { forward_to: None });
     kwok.running_pod(&ctx, "web");
-    let (_pair, targets) = targets(&ctx, ALLOW_EXEC);
+    let (proxies, targets) = targets(&ctx, ALLOW_EXEC);
     // Reads two lines of stdin (kwok never closes the command's stdin, so nothing may wait for EOF),
     // echoes them, writes 588,895 bytes of stdout and a line of stderr, and exits 3.
     let script = "head -n 2; seq 1 100000; echo to-stderr >&2; exit 3";
@@ -195,6 +195,16 @@ fn exec_streams_stdin_stdout_stderr_and_the_exit_code_like_the_api_server() {
             (0, "no stdin\n".into(), "quiet\n".into()),
             "{transport}"
         );
+    }
+    // The transports were the ones asked for: kubectl opens a WebSocket with GET and SPDY with POST
+    // (kproxy's filter log names each request it accepts).
+    let log = proxies.kproxy.stderr_text();
+    for method in ["GET", "POST"] {
+        let line = format!(
+            "Filter accepting {method} /api/v1/namespaces/{}/pods/web/exec",
+            ctx.ns
+        );
+        assert_eq!(log.matches(&line).count(), 2, "{method}:\n{log}");
     }
 }
 
@@ -531,7 +541,7 @@ fn port_forward_carries_requests_and_100_mb_intact() {
         },
     );
     kwok.running_pod(&ctx, "web");
-    let (_pair, targets) = targets(&ctx, &[]);
+    let (proxies, targets) = targets(&ctx, &[]);
     for (transport, env) in FORWARD_TRANSPORTS {
         let mut results = Vec::new();
         for t in &targets {
@@ -574,6 +584,16 @@ fn port_forward_carries_requests_and_100_mb_intact() {
     }
     let shas = all_equal("two concurrent forwards", &results);
     assert_eq!(shas, (mid.clone(), mid));
+    // One connection per kubectl port-forward, carrying every forwarded connection: WebSocket (GET)
+    // for the first and the two concurrent ones, SPDY (POST) for the second.
+    let log = proxies.kproxy.stderr_text();
+    for (method, n) in [("GET", 3), ("POST", 1)] {
+        let line = format!(
+            "Filter accepting {method} /api/v1/namespaces/{}/pods/web/portforward",
+            ctx.ns
+        );
+        assert_eq!(log.matches(&line).count(), n, "{method}:\n{log}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------
