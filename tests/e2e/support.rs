@@ -1114,6 +1114,7 @@ impl Kwok {
                 "--tls-private-key-file={}",
                 pki.join("kubelet.key").display()
             ));
+        let started = Instant::now();
         let proc = Proc::spawn(ctx, "kwok", cmd);
         ctx.admin_apply(
             &serde_json::json!({
@@ -1152,6 +1153,11 @@ impl Kwok {
                 .arg(&url);
             (run(cmd, None).stdout.trim() == "ok").then_some(())
         });
+        eprintln!(
+            "e2e: kwok for node {} ready after {:.1}s",
+            kwok.node,
+            started.elapsed().as_secs_f64()
+        );
         kwok
     }
 
