@@ -322,7 +322,20 @@ fn logs_and_logs_follow_deliver_lines_as_written() {
         expected.push('\n');
     }
     append(&kwok.logs, &written);
-    for args in [&["logs", "web"][..], &["logs", "web", "--tail=3"][..]] {
+    let tail: Vec<&str> = expected.lines().skip(1997).collect();
+    let tail = tail.join("\n") + "\n";
+    let cases: [(&[&str], i32, Option<&str>); 4] = [
+        (&["logs", "web"], 0, Some(&expected)),
+        (&["logs", "web", "--tail=3"], 0, Some(&tail)),
+        (
+            &["logs", "web", "--limit-bytes=1000"],
+            0,
+            Some(&expected[..1000]),
+        ),
+        // The API server's own 400, relayed.
+        (&["logs", "web", "-c", "nope"], 1, None),
+    ];
+    for (args, want_code, want) in cases {
         let mut results = Vec::new();
         for t in &targets {
             let mut cmd = kubectl(&ctx, t, &[]);
@@ -330,13 +343,11 @@ fn logs_and_logs_follow_deliver_lines_as_written() {
             let out = run(cmd, None);
             results.push((t.name, (out.code, out.stdout, out.stderr)));
         }
-        let (code, stdout, _) = all_equal(&format!("{args:?}"), &results);
-        assert_eq!(code, 0);
-        if args.len() == 2 {
-            assert!(stdout == expected, "{} bytes", stdout.len());
-        } else {
-            let tail: Vec<&str> = expected.lines().skip(1997).collect();
-            assert_eq!(stdout, tail.join("\n") + "\n");
+        let (code, stdout, stderr) = all_equal(&format!("{args:?}"), &results);
+        assert_eq!(code, want_code, "{args:?}: {stderr}");
+        match want {
+            Some(want) => assert!(stdout == want, "{args:?}: {} bytes", stdout.len()),
+            None => assert!(stderr.contains("container nope is not valid"), "{stderr}"),
         }
     }
 
