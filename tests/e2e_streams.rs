@@ -383,12 +383,31 @@ fn logs_and_logs_follow_deliver_lines_as_written() {
             d.push(start.elapsed());
         }
         delays.insert(t.name, d);
+        // While kubectl follows, the API server has exactly this log request open (its gauge of
+        // long-running requests; no other test here follows logs), and so has kproxy.
+        assert_eq!(
+            log_follows(&ctx),
+            1,
+            "{}: API server while following",
+            t.name
+        );
         if t.name == "kproxy" {
             assert_eq!(in_flight(&ctx, &admin), 1, "kproxy while following");
         }
-        // The client quits: kubectl is killed, which closes its connection. Through kproxy the request
-        // must end with it (checked below on kproxy's own gauge).
+        // The client quits: kubectl is killed, which closes its connection. The request must end all
+        // the way to the API server (and so to kwok), through either proxy as directly.
         drop(follow);
+        ctx.eventually(
+            &format!(
+                "{}: the API server to end the follow after the client quit",
+                t.name
+            ),
+            WAIT,
+            || (log_follows(&ctx) == 0).then_some(()),
+        );
+        if t.name == "kproxy" {
+            assert_eq!(in_flight(&ctx, &admin), 0, "kproxy after the client quit");
+        }
     }
     for (name, d) in &mut delays {
         d.sort();
@@ -405,13 +424,20 @@ fn logs_and_logs_follow_deliver_lines_as_written() {
     for q in [kp.len() / 2, kp.len() * 9 / 10 - 1] {
         assert!(kp[q] < Duration::from_millis(100), "kproxy delays {kp:?}");
     }
-    // After the client quit, kproxy holds no request open (its in-flight gauge falls to 0), so the
-    // API server's follow, and kwok's, end too.
-    ctx.eventually(
-        "kproxy to end the follow after the client quit",
-        WAIT,
-        || (in_flight(&ctx, &admin) == 0).then_some(()),
-    );
+}
+
+/// The API server's open `pods/log` requests (`apiserver_longrunning_requests`, which counts follows).
+fn log_follows(ctx: &Ctx) -> i64 {
+    let metrics = ctx.admin(&["get", "--raw", "/metrics"]).ok();
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_longrunning_requests{")
+                && l.contains(r#"resource="pods""#)
+                && l.contains(r#"subresource="log""#)
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
+        .sum()
 }
 
 /// kproxy's `kproxy_requests_in_flight` from its admin listener at `admin`.
