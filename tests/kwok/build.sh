@@ -50,7 +50,7 @@ kver=$(awk '$1 == "sigs.k8s.io/kwok" && $2 ~ /^v[0-9]/ { print $2; exit }' go.mo
 [ -n "$kver" ] || die "cannot find the sigs.k8s.io/kwok version in go.mod"
 
 echo "kwok/build.sh: building kwok $kver ($("$go" version)) into $out" >&2
-echo "kwok/build.sh: a cold build takes about 4 min on 2 idle cores, longer on a busy machine" >&2
+echo "kwok/build.sh: a cold build takes about 2.7 min of CPU (1.5-2 min on 2 idle cores), longer on a busy machine" >&2
 start=$(date +%s)
 tmp="$out/kwok.tmp.$$"
 if ! CGO_ENABLED=0 "$go" build -mod=readonly -buildvcs=false -trimpath -ldflags "-s -w" \
