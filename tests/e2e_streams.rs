@@ -301,6 +301,54 @@ fn exec_and_attach_are_rejected_by_default_with_advice() {
     }
 }
 
+#[test]
+#[ignore = "end-to-end: needs the real API server and kwok; run by tests/e2e.sh"]
+fn stream_errors_are_relayed_like_the_api_server() {
+    let ctx = Ctx::new("stream-errors");
+    // No port-forward rule: kwok refuses every forwarded connection.
+    let kwok = Kwok::start(&ctx, KubeletRules { forward_to: None });
+    kwok.running_pod(&ctx, "web");
+    let (_proxies, targets) = targets(&ctx, ALLOW_EXEC);
+    let cases: [&[&str]; 2] = [
+        // The API server refuses before any upgrade (400).
+        &["exec", "web", "-c", "nope", "--", "true"],
+        // The kubelet fails to start the command, after the upgrade.
+        &["exec", "web", "--", "/nonexistent/command"],
+    ];
+    for (transport, env) in TRANSPORTS {
+        for args in cases {
+            let mut results = Vec::new();
+            for t in &targets {
+                let mut cmd = kubectl(&ctx, t, env);
+                cmd.args(args);
+                let out = run(cmd, None);
+                results.push((t.name, (out.code, out.stdout, out.stderr)));
+            }
+            let (code, _, stderr) = all_equal(&format!("{transport} {args:?}"), &results);
+            assert_ne!(code, 0, "{transport} {args:?}");
+            let cause = if args.contains(&"nope") {
+                "container nope is not valid"
+            } else {
+                "/nonexistent/command"
+            };
+            assert!(stderr.contains(cause), "{transport} {args:?}: {stderr}");
+        }
+    }
+    // A forwarded connection the kubelet cannot serve: the client's connection is closed without an
+    // answer, the same way on every path.
+    let mut results = Vec::new();
+    for t in &targets {
+        let (_fwd, port) = port_forward(&ctx, t, &[], &format!("pf {}", t.name));
+        let mut cmd = ctx.curl_cmd();
+        cmd.args(["-sS", "--max-time", "60"])
+            .arg(format!("http://127.0.0.1:{port}/"));
+        let out = run(cmd, None);
+        results.push((t.name, out.code));
+    }
+    let code = all_equal("port-forward without a target", &results);
+    assert_ne!(code, 0);
+}
+
 // ---------------------------------------------------------------------------------------------------
 // logs and attach
 
