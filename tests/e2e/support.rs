@@ -504,7 +504,7 @@ impl Collector {
         self.buf.lock().unwrap().clone()
     }
     /// Waits for the pipe to close (after the process exited).
-    pub fn finish(&self) {
+    fn finish(&self) {
         if let Some(h) = self.done.lock().unwrap().take() {
             let _ = h.join();
         }
@@ -519,8 +519,6 @@ impl Collector {
 pub struct Proc {
     pub name: String,
     child: Child,
-    /// Its stdin, when spawned with [`Proc::spawn_piped`].
-    pub stdin: Option<ChildStdin>,
     stderr_path: PathBuf,
     /// Its stdout, for stream readers.
     pub stdout: Collector,
@@ -529,29 +527,17 @@ pub struct Proc {
 impl Proc {
     /// Spawns `cmd` with stdout collected and stderr in a file.
     pub fn spawn(ctx: &Ctx, name: &str, mut cmd: Command) -> Proc {
-        cmd.stdin(Stdio::null());
-        Proc::spawn_with(ctx, name, cmd)
-    }
-
-    /// Like [`Proc::spawn`], with a pipe to its stdin in [`Proc::stdin`].
-    pub fn spawn_piped(ctx: &Ctx, name: &str, mut cmd: Command) -> Proc {
-        cmd.stdin(Stdio::piped());
-        Proc::spawn_with(ctx, name, cmd)
-    }
-
-    fn spawn_with(ctx: &Ctx, name: &str, mut cmd: Command) -> Proc {
         let stderr_path = ctx.file(&format!("{name}.stderr"));
-        cmd.stdout(Stdio::piped())
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).unwrap());
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let stdout = collector(child.stdout.take().unwrap());
-        let stdin = child.stdin.take();
         Proc {
             name: name.to_owned(),
             child,
-            stdin,
             stderr_path,
             stdout,
         }
@@ -623,24 +609,6 @@ impl Proc {
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits for the process to exit on its own within [`WAIT`]; its exit code.
-    #[track_caller]
-    pub fn wait_exit(&mut self) -> i32 {
-        let status = wait_bounded(&mut self.child, WAIT).unwrap_or_else(|| {
-            panic!(
-                "{} did not exit within {WAIT:?}\nstderr:\n{}",
-                self.name,
-                self.stderr_text()
-            )
-        });
-        self.stdout.finish();
-        status.code().unwrap_or(-1)
     }
 }
 
