@@ -75,10 +75,11 @@ impl Script {
 
 impl Drop for Script {
     fn drop(&mut self) {
-        if self.stderr.is_some() && self.signal_group("-TERM") {
-            if self.exited.recv_timeout(WAIT).is_err() {
-                self.signal_group("-KILL");
-            }
+        if self.stderr.is_some()
+            && self.signal_group("-TERM")
+            && self.exited.recv_timeout(WAIT).is_err()
+        {
+            self.signal_group("-KILL");
         }
     }
 }
