@@ -66,7 +66,7 @@ trap 'stopping=1; exit 129' HUP
 kproxy=${KPROXY:-}
 if [ -z "$kproxy" ]; then
   command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs)"
-  say "building kproxy (cargo build --release; a first build takes a few minutes)"
+  say "building kproxy (cargo build --release; a first build takes 2 to 4 minutes, the last of them in link-time optimisation)"
   log=$(mktemp "${TMPDIR:-/tmp}/kproxy-quickstart-cargo.XXXXXX")
   start=$(date +%s)
   setsid cargo build --release --locked --bin kproxy --color never 2>"$log" &
