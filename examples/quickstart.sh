@@ -41,7 +41,9 @@ stop() {
   wait "$pid" 2>/dev/null || true
 }
 cleanup() {
-  local code=$?
+  local code=$? what="kproxy and the API server"
+  # Every step runs, whatever one of them returns.
+  set +e
   trap '' INT TERM HUP
   # A build in progress: cargo and its compilers are one process group.
   [ -n "$cargopid" ] && { kill -TERM -- "-$cargopid" 2>/dev/null || true; wait "$cargopid" 2>/dev/null || true; }
@@ -52,7 +54,8 @@ cleanup() {
   stop "$envpid" 10 "the API server"
   [ -n "$work" ] && rm -rf "$work"
   if [ -n "$stopping" ]; then
-    say "stopped kproxy and the API server${work:+, removed $work}"
+    [ -n "$work" ] || what="the build"
+    say "stopped $what${work:+, removed $work}"
     code=0
   fi
   exit "$code"
