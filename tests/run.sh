@@ -7,13 +7,14 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://ru
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 # Debian tools the tests call: ss (a listener's backlog, tests/cli.rs), jq and curl (examples/validate.sh,
 # tests/e2e.sh), buildah (the container image, build/image.sh; it pulls in containers-common, whose
-# /etc/containers/policy.json `buildah push` needs). kubectl, the reference, must already be on PATH
-# (tests/kubectl.rs says so if not).
+# /etc/containers/policy.json `buildah push` needs), file (build/static.sh checks the binary is static).
+# kubectl, the reference, must already be on PATH (tests/kubectl.rs says so if not).
 need=()
 command -v ss >/dev/null || need+=(iproute2)
 command -v jq >/dev/null || need+=(jq)
 command -v curl >/dev/null || need+=(curl)
 command -v buildah >/dev/null || need+=(buildah)
+command -v file >/dev/null || need+=(file)
 if [ ${#need[@]} -gt 0 ]; then
   echo "run.sh: installing ${need[*]}" >&2
   sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_=sudo
