@@ -85,6 +85,11 @@ impl App {
             .header("host", "localhost")
             .body(full(Bytes::new()))
             .unwrap();
+        // The connection takes the next request only once it has finished with the last response.
+        tokio::time::timeout(WAIT, self.sender.ready())
+            .await
+            .map_err(|_| "the connection never became ready".to_owned())?
+            .map_err(|e| e.to_string())?;
         let resp = tokio::time::timeout(WAIT, self.sender.send_request(req))
             .await
             .map_err(|_| "no answer".to_owned())?
