@@ -3,13 +3,15 @@
 #   ${KPROXY_TESTENV_CACHE:-$HOME/.cache/kproxy-testenv}/<sha256 of go.mod+go.sum+main.go>/k8s-testenv
 # Reuses the cached binary when present. Prints the binary path as the last stdout
 # line; all build output goes to stderr. Exits non-zero on any failure.
-# Env: GO (go command, default: `go` on PATH, else /usr/local/go/bin/go), KPROXY_TESTENV_CACHE.
+# Env: GO (go command, default: `go` on PATH, else /usr/local/go/bin/go), KPROXY_TESTENV_CACHE,
+# KPROXY_TESTENV_PROGRESS (seconds between progress lines, default 15; tests/testenv_build.rs uses 1).
 set -euo pipefail
 
 die() { echo "build.sh: ERROR: $*" >&2; exit 1; }
 elapsed() { local s=$(( $(date +%s) - $1 )); printf '%dm%02ds' $((s / 60)) $((s % 60)); }
 # Measured cold builds (README.md, "Measurements"): 5 min on 2 idle cores, 9.5 and 21 min while Rust
 # builds shared them.
+every=${KPROXY_TESTENV_PROGRESS:-15}
 first_build="a first build takes 5 to 20 minutes (5 on 2 idle cores); later runs reuse it"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -36,12 +38,12 @@ fi
 mkdir -p "$out" || die "cannot create $out"
 
 # Serialise concurrent builds (e.g. several test binaries starting at once). While another build holds
-# the lock, say so every 15 s instead of waiting in silence.
+# the lock, say so every $every seconds instead of waiting in silence.
 if command -v flock >/dev/null 2>&1; then
   exec 9>"$out/.lock"
   if ! flock -n 9; then
     waited=$(date +%s)
-    until flock -w 15 9; do
+    until flock -w "$every" 9; do
       echo "build.sh: waiting for another build of k8s-testenv into $out to finish ($(elapsed "$waited") so far; $first_build)" >&2
     done
   fi
@@ -60,7 +62,7 @@ kminor=${kver#v*.}; kminor=${kminor%%.*}
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$kver -X k8s.io/component-base/version.gitMajor=$kmajor -X k8s.io/component-base/version.gitMinor=$kminor"
 
 echo "build.sh: building k8s-testenv: kube-apiserver $kver with embedded etcd ($("$go" version)) into $out" >&2
-echo "build.sh: $first_build; progress every 15 s" >&2
+echo "build.sh: $first_build; progress every ${every} s" >&2
 tmp="$out/k8s-testenv.tmp.$$"
 log="$out/build.log.$$"
 start=$(date +%s)
@@ -78,8 +80,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 status=
 while [ -z "$status" ]; do
-  # Wakes when go exits or when the 15 s timer does, whichever is first.
-  sleep 15 &
+  # Wakes when go exits or when the timer does, whichever is first.
+  sleep "$every" &
   timer=$!
   finished=
   wait -n -p finished "$gopid" "$timer" && code=0 || code=$?
