@@ -129,11 +129,13 @@ fn quickstart_serves_the_seed_flow_and_ctrl_c_leaves_nothing_behind() {
     let marker = format!("KPROXY_QUICKSTART_TEST={}-{}", std::process::id(), line!());
     let (key, value) = marker.split_once('=').unwrap();
     let start = Instant::now();
-    // `env --default-signal=INT`: started from a non-interactive shell's background job (tests/e2e.sh
-    // runs the suite that way), this process ignores SIGINT, and bash cannot trap a signal ignored on
-    // entry; a terminal's foreground job never ignores it.
-    let mut child = Command::new("env")
-        .arg("--default-signal=INT")
+    // `setpriv --pdeathsig TERM`: should this test process be killed outright (a CI timeout), the
+    // script gets SIGTERM and stops what it started, as on Ctrl-C. `env --default-signal=INT`: started
+    // from a non-interactive shell's background job (tests/e2e.sh runs the suite that way), this
+    // process ignores SIGINT, and bash cannot trap a signal ignored on entry; a terminal's foreground
+    // job never ignores it.
+    let mut child = Command::new("setpriv")
+        .args(["--pdeathsig", "TERM", "env", "--default-signal=INT"])
         .arg("bash")
         .arg(repo.join("examples/quickstart.sh"))
         // Port 8001 may be taken on a shared machine; the script passes flags on to kproxy.
