@@ -3,8 +3,9 @@
 //! binary's code in blocks of 64 KiB (fault-around, large page-cache folios), and that code was spread
 //! over most of the 5.8 MB of text, so most of the text became resident at startup; grouped, it fills a
 //! few blocks, and idle RSS drops by about 3 MiB (bench/README.md). Regenerate the file with
-//! `bench/link-order.sh`; names it lists that no longer exist are ignored, so a stale file only costs
-//! memory. `KPROXY_LINK_ORDER=off` turns this off.
+//! `bench/link-order.sh` before a release, not in ordinary commits; names it lists that no longer exist
+//! are ignored, so a stale file only costs memory (`build/static.sh` prints how many still resolve).
+//! `KPROXY_LINK_ORDER=off` turns this off.
 
 use std::env;
 use std::process::Command;

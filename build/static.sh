@@ -19,15 +19,27 @@ else
   target=$gnu
 fi
 
-# `--target` keeps the flag off build scripts and proc-macros, which must stay dynamic.
+# `--target` keeps the flag off build scripts and proc-macros, which must stay dynamic. Built with its
+# symbol table (stripped below, into build/out) so the link order's freshness can be counted.
 echo "static.sh: building kproxy for $target (crt-static)" >&2
-RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" CARGO_PROFILE_RELEASE_STRIP=none \
   cargo build --release --locked --target "$target" --bin kproxy >&2
 
 bin="target/$target/release/kproxy"
 out=build/out
 mkdir -p "$out"
-cp "$bin" "$out/kproxy"
+strip -o "$out/kproxy" "$bin"
+
+# How many functions of link/symbol-order.txt this build still has (their names carry hashes of the code,
+# the toolchain and the lockfile, so the list goes stale as they change; build.rs passes it to lld only for
+# the glibc target). A number to watch, not a failure: bench/link-order.sh regenerates the list before a
+# release (README, "Link order").
+if [ -f link/symbol-order.txt ]; then
+  total=$(grep -c . link/symbol-order.txt || true)
+  found=$(nm --defined-only "$bin" | awk '{print $3}' | sort -u |
+    comm -12 - <(grep . link/symbol-order.txt | sort -u) | wc -l)
+  echo "static.sh: link order: $found of $total symbols in link/symbol-order.txt resolve in this build" >&2
+fi
 
 # A static binary: `file` says "statically linked" (or "static-pie linked"), ldd finds no libraries.
 desc=$(file -b "$out/kproxy")

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 
-use crate::filter;
+use crate::proxy::filter;
 
 /// kubectl's default port.
 pub const DEFAULT_PORT: u16 = 8001;
@@ -191,7 +191,7 @@ pub struct Cli {
 
     /// kproxy: write one line per request to stderr: off, text or json. Never includes header values.
     #[arg(long = "access-log", value_enum, default_value = "off", num_args = 0..=1, require_equals = true, default_missing_value = "text")]
-    pub access_log: crate::access_log::Format,
+    pub access_log: crate::telemetry::access_log::Format,
 
     /// kproxy: how often to check the kubeconfig (or in-cluster) files for changes and reload them; 0
     /// checks only on SIGHUP.

@@ -1,84 +1,79 @@
 //! kproxy: a drop-in replacement for `kubectl proxy`, the authenticating local gateway to the
 //! Kubernetes API.
 //!
-//! # Layout
-//! A request flows top to bottom through these modules:
-//! - [`cli`]: the command line, every `kubectl proxy` flag with kubectl's names and defaults.
-//! - [`env`]: environment variables behind a trait, so tests inject them.
-//! - [`config`]: validates flags into a [`config::Config`], builds the router, owns exit codes.
-//! - [`kubeconfig`]: finds, merges and resolves kubeconfig files (client-go rules) or in-cluster config.
-//! - [`credentials`]: the selected user's credential, kept fresh: tokens, rotating token files, basic
-//!   auth, exec plugins, OIDC (docs/credentials.md).
-//! - [`tls`]: rustls configuration: trust roots, insecure mode, server name, client certificate;
-//!   certificate and CA files reloaded when they change.
-//! - [`upstream`]: the connections to the API server (one shared HTTP/2 connection for ordinary
-//!   requests, HTTP/1.1 for bulk reads, HTTP/2 lanes for watches), rebuilt when the TLS material
-//!   changes, dialling directly or through an HTTP(S)/SOCKS5 proxy ([`upstream::egress`]).
-//! - [`server`]: listener (TCP or unix socket), accept loop, connection limits, graceful drain.
-//! - [`router`]: path cleaning, prefix routing between the API and static files.
-//! - [`filter`]: kubectl's regex filter on path, method and Host.
-//! - [`static_files`]: `--www` static files, confined to their directory.
-//! - [`proxy`]: rewrites and relays a request, streaming both bodies.
-//! - [`auth`]: applies credentials and impersonation with client-go's precedence.
-//! - [`upgrade`]: WebSocket/SPDY upgrade tunnels for exec, attach and port-forward.
-//! - [`headers`]: the hop-by-hop header table (RFC 9110 §7.6.1).
-//! - [`error`] and [`status`]: request errors, mapped once to Kubernetes `Status` JSON.
-//! - [`body`]: the response body type, allocation-free on the relay path.
+//! # Using it as a library
+//! [`Config::from_cli`] validates flags into plain data; [`App::build`] builds the router, binds the
+//! listeners and registers signal handlers; [`App::serve`] runs until a shutdown future completes and
+//! drains. `main.rs`, [`run`] and every test harness go through that one sequence.
 //!
-//! Operations (docs/operations.md), around that flow:
-//! - [`ops`]: wires the admin listener, the reloader and SIGHUP around the proxy listener.
-//! - [`reload`]: the swap cell holding the router in force, and the reloader that rebuilds it.
-//! - [`observe`]: per-request observation feeding metrics, readiness and the access log.
-//! - [`metrics`]: Prometheus metrics on atomics, rendered by `prometheus-client`.
-//! - [`admin`]: the admin listener: `/healthz`, `/readyz` (and its rule), `/metrics`.
-//! - [`access_log`]: the access-log line formats.
-//! - [`logging`]: `-v` levels mapped onto `tracing` filters.
+//! # Layers
+//! Each folder of `src/` is a layer. A module uses only the layers above it in this list, and within a
+//! layer only the modules before it (`tests/layers.rs` fails on any other import, so no cycle can form):
+//! 1. `base`: leaves: the environment behind a trait (`env`, so tests inject it), the boxed error type
+//!    and error chains, host:port text, the `Lease` of a bounded group, and the
+//!    single-flight cell behind every shared refresh (exec plugin, OIDC, the shared dial).
+//! 2. `wire`: HTTP vocabulary: the response body type (allocation-free on the relay path), received
+//!    bodies, the hop-by-hop header table (RFC 9110 §7.6.1), Kubernetes `Status` bodies, and the one
+//!    way a bodyless request is sent again.
+//! 3. `telemetry`: what operators see: hooks that code below reports through (no-ops outside an
+//!    observed request), readiness inputs, Prometheus metrics, the access log, `-v` levels, and the
+//!    per-request observer.
+//! 4. `kube`: the kubeconfig or in-cluster configuration resolved by client-go's rules, and the rustls
+//!    material built from it, reloaded when its files change.
+//! 5. `upstream`: the connections to the API server: `dial` (client-go's bounds, TLS over the
+//!    `egress` route: direct or through an HTTP(S)/SOCKS5 proxy), `shared` (one HTTP/2 connection and its
+//!    HTTP/1.1 pool), `lanes` (HTTP/2 connections for watches), and `Upstream::send`, the one
+//!    request-level call.
+//! 6. `auth`: the user's credential kept fresh (token, token file, basic, exec plugin, OIDC;
+//!    docs/credentials.md) and impersonation, applied with client-go's precedence.
+//! 7. `proxy`: request handling on the listener: `router` (path cleaning, prefixes), `filter` (kubectl's
+//!    regexes), `static_files` (`--www`), `forward` (rewrite and relay, streaming both bodies),
+//!    `upgrade` (WebSocket/SPDY tunnels), and `error`, mapped once to `Status` answers.
+//! 8. [`cli`]: every `kubectl proxy` flag with kubectl's names and defaults, plus kproxy's own.
+//! 9. [`app`]: the composition root: validated [`Config`], startup errors and exit codes, building
+//!    the router, hot reload (`reload`, polling the files `watch` names), the listener and drain
+//!    (`server`), the admin listener (`admin`: `/healthz`, `/readyz`, `/metrics`), and [`App`].
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, missing_docs)]
 
-pub mod access_log;
-pub mod admin;
-pub mod auth;
-pub mod body;
+pub mod app;
+mod auth;
+mod base;
 pub mod cli;
-pub mod config;
-pub mod credentials;
-pub mod env;
-pub mod error;
-pub mod filter;
-pub mod headers;
-pub mod kubeconfig;
-pub mod logging;
-pub mod metrics;
-pub mod observe;
-pub mod ops;
-pub mod proxy;
-pub mod reload;
-pub mod router;
-pub mod server;
-pub mod static_files;
-pub mod status;
-pub mod tls;
-pub mod upgrade;
-pub mod upstream;
+mod kube;
+mod proxy;
+mod telemetry;
+mod upstream;
+mod wire;
+
+pub use base::env;
+pub use telemetry::logging;
+
+/// Internals the crate's own integration tests assert against; not part of the library's API.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::proxy::forward::is_bulk_read;
+    pub use crate::upstream::BULK_CONNECTIONS;
+}
 
 use std::future::Future;
 
-pub use config::{Config, StartupError};
-pub use ops::{serve, Ops};
-pub use server::Listener;
+pub use app::config::{Config, Listen};
+pub use app::error::StartupError;
+pub use app::App;
+pub use app::Listener;
 
 /// Runs kproxy on an already-bound listener until `shutdown` completes, then drains within
-/// `config.shutdown_grace`. This is the library entry point; tests bind `127.0.0.1:0` and call it.
-/// The admin listener, if configured, is bound here too.
+/// `config.shutdown_grace`. The library entry point for embedding; the admin listener, if configured,
+/// is bound here too.
 pub async fn run(
     config: Config,
     listener: Listener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartupError> {
-    let lifecycle = config::Lifecycle::new(&config);
-    let router = config::build_router(&config, &lifecycle)?;
-    let ops = Ops::prepare(&config).await?;
-    ops::serve(config, listener, ops, router, lifecycle, shutdown).await;
+    App::with_listener(config, listener)
+        .await?
+        .serve(shutdown)
+        .await;
     Ok(())
 }

@@ -5,10 +5,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
+use kproxy::app::error::EXIT_USAGE;
 use kproxy::cli::Cli;
-use kproxy::config::{self, Config, Lifecycle, EXIT_USAGE};
 use kproxy::env::ProcessEnv;
-use kproxy::server::Listener;
+use kproxy::{App, Config};
 
 /// mimalloc instead of the system allocator: each proxied request makes a few dozen short-lived
 /// allocations (header maps, frames, futures), and glibc's malloc/free took about 16% of the
@@ -45,27 +45,17 @@ fn main() -> ExitCode {
             Ok(c) => c,
             Err(e) => return fail(e),
         };
-        let lifecycle = Lifecycle::new(&config);
-        let router = match config::build_router(&config, &lifecycle) {
-            Ok(r) => r,
+        let app = match App::build(config).await {
+            Ok(app) => app,
             Err(e) => return fail(e),
         };
-        let listener = match Listener::bind(&config.listen).await {
-            Ok(l) => l,
-            Err(e) => return fail(e),
-        };
-        // The admin listener and the signal handlers, before the startup line: once a script has read
-        // it, SIGHUP and SIGTERM must already be handled.
-        let ops = match kproxy::Ops::prepare(&config).await {
-            Ok(o) => o,
-            Err(e) => return fail(e),
-        };
+        // Registered before the startup line: once a script has read it, SIGTERM must be handled.
         let shutdown = shutdown_signal();
         let mut stdout = std::io::stdout().lock();
-        let _ = writeln!(stdout, "Starting to serve on {}", listener.display_addr());
+        let _ = writeln!(stdout, "Starting to serve on {}", app.display_addr());
         let _ = stdout.flush();
         drop(stdout);
-        kproxy::serve(config, listener, ops, router, lifecycle, shutdown).await;
+        app.serve(shutdown).await;
         ExitCode::SUCCESS
     })
 }

@@ -202,7 +202,7 @@ async fn both(
 }
 
 /// Whether kproxy sends this request over HTTP/1.1 as a bulk read: its API path (after any server
-/// path) is a LIST, a log or an OpenAPI document (`kproxy::proxy::is_bulk_read`, table-tested in its
+/// path) is a LIST, a log or an OpenAPI document (`kproxy::internals::is_bulk_read`, table-tested in its
 /// module).
 fn is_bulk_read(rec: &Recorded) -> bool {
     let path = rec.uri.split('?').next().unwrap_or("");
@@ -210,7 +210,7 @@ fn is_bulk_read(rec: &Recorded) -> bool {
         .find("/openapi")
         .or_else(|| path.find("/api"))
         .map_or(path, |i| &path[i..]);
-    kproxy::proxy::is_bulk_read(&rec.method, api)
+    kproxy::internals::is_bulk_read(&rec.method, api)
 }
 
 /// Asserts both proxies behaved the same: status, `Location`, and (when the request got through) the

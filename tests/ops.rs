@@ -17,9 +17,8 @@ use clap::Parser;
 use common::*;
 use http::{Request, Response, StatusCode};
 use kproxy::cli::Cli;
-use kproxy::config::{self, Config, Lifecycle, Listen};
 use kproxy::env::MapEnv;
-use kproxy::{Listener, Ops};
+use kproxy::{App, Config, Listen};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -44,27 +43,13 @@ impl WithAdmin {
             port: 0,
         };
         config.admin_address = Some("127.0.0.1:0".into());
-        let listener = Listener::bind(&config.listen).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin_addr = admin.local_addr().unwrap();
-        let lifecycle = Lifecycle::new(&config);
-        let router = config::build_router(&config, &lifecycle).expect("router");
-        let ops = Ops {
-            admin: Some(admin),
-            hangup: None,
-        };
+        let app = App::build(config).await.expect("kproxy starts");
+        let addr = app.local_addr().unwrap();
+        let admin_addr = app.admin_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(kproxy::serve(
-            config,
-            listener,
-            ops,
-            router,
-            lifecycle,
-            async move {
-                let _ = rx.await;
-            },
-        ));
+        let task = tokio::spawn(app.serve(async move {
+            let _ = rx.await;
+        }));
         WithAdmin {
             url: format!("http://127.0.0.1:{}", addr.port()),
             admin: format!("http://127.0.0.1:{}", admin_addr.port()),

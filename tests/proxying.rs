@@ -590,7 +590,7 @@ async fn bulk_reads_use_pooled_http1_connections_and_the_rest_http2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_reads_past_the_bound_share_the_http2_connection() {
-    use kproxy::upstream::BULK_CONNECTIONS;
+    use kproxy::internals::BULK_CONNECTIONS;
     let n = BULK_CONNECTIONS + 4;
     let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel::<()>();
     let (release_tx, release) = tokio::sync::watch::channel(false);

@@ -24,7 +24,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use base64::Engine as _;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Uri};
 use hyper::rt::{Read, ReadBufCursor, Write};
@@ -35,9 +34,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower::Service;
 
-use crate::env::Env;
+use crate::base::env::Env;
+use crate::base::host::split_host_port;
+use crate::wire::headers::basic_auth;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::base::error::BoxError;
 
 /// The proxy variables of the environment, read once (Go's `ProxyFromEnvironment` caches them too).
 #[derive(Clone, Default)]
@@ -159,21 +160,6 @@ fn use_proxy(no_proxy: &str, host: &str, port: u16) -> bool {
         }
     }
     true
-}
-
-/// `host`, `host:port` or `[v6]:port` → (host without brackets, port).
-fn split_host_port(s: &str) -> (&str, Option<&str>) {
-    if let Some(rest) = s.strip_prefix('[') {
-        return match rest.split_once(']') {
-            Some((h, tail)) => (h, tail.strip_prefix(':')),
-            None => (s, None),
-        };
-    }
-    match s.rsplit_once(':') {
-        // A bare IPv6 address has several colons and no port.
-        Some((h, p)) if !h.contains(':') => (h, Some(p)),
-        _ => (s, None),
-    }
 }
 
 fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
@@ -304,14 +290,7 @@ impl Route {
             Route::Socks5 { proxy, auth: creds }
         } else {
             let auth = creds
-                .map(|(u, p)| {
-                    let encoded =
-                        base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
-                    let mut v = HeaderValue::try_from(format!("Basic {encoded}"))
-                        .map_err(|_| bad("bad credentials"))?;
-                    v.set_sensitive(true);
-                    Ok::<_, EgressError>(v)
-                })
+                .map(|(u, p)| basic_auth(&u, &p).ok_or_else(|| bad("bad credentials")))
                 .transpose()?;
             Route::Connect { proxy, auth }
         })
@@ -533,7 +512,7 @@ impl Write for EgressStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::env::MapEnv;
+    use crate::base::env::MapEnv;
 
     fn env(vars: &[(&str, &str)]) -> ProxyEnv {
         ProxyEnv::from_env(&MapEnv::new(vars.iter().copied()))
@@ -615,6 +594,7 @@ mod tests {
         let r = Route::parse("http://us%40er:p%3Ass@proxy:3128", "proxy-url").unwrap();
         match &r {
             Route::Connect { auth: Some(a), .. } => {
+                use base64::Engine as _;
                 let expected = base64::engine::general_purpose::STANDARD.encode("us@er:p:ss");
                 assert_eq!(a.to_str().unwrap(), format!("Basic {expected}"));
                 assert!(a.is_sensitive());

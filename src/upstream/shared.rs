@@ -34,16 +34,22 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, Uri};
-use http_body::{Body as _, Frame, SizeHint};
-use hyper::body::Incoming;
+use http::{Request, Response, Uri};
+use http_body::Body as _;
 use hyper_util::client::legacy::connect::Connection as _;
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower::ServiceExt as _;
 
-use super::{UpstreamClient, H2_PING_INTERVAL, H2_PING_TIMEOUT, POOL_IDLE_TIMEOUT};
-use crate::body::Body;
-use crate::metrics::CountConnections;
+use crate::base::error::BoxError;
+use crate::base::single_flight::{Begin, SingleFlight};
+use crate::upstream::dial::{
+    bounded_dial, Connector, H2_PING_INTERVAL, H2_PING_TIMEOUT, POOL_IDLE_TIMEOUT,
+    POOL_MAX_IDLE_PER_HOST,
+};
+use crate::wire::body::Body;
+use crate::wire::received::{H2Body, Received};
+use crate::wire::replay::Replay;
 
 /// HTTP/2 receive window per stream: what one response may have in flight unread. hyper's fixed
 /// default; Go's is 4 MiB. A client that stops reading holds at most this much in kproxy per stream.
@@ -59,10 +65,19 @@ pub const MAX_HEADER_LIST_SIZE: u32 = 1024 * 1024;
 /// Bytes of request body queued per stream before the sender waits (hyper's default).
 pub const MAX_SEND_BUFFER_SIZE: usize = 1024 * 1024;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The HTTP/1.1 keep-alive pool (bulk reads, and servers without HTTP/2).
+pub type UpstreamClient = Client<Handoff, Body>;
 
-/// The dialler [`Shared`] makes its connection with: TLS with ALPN over the egress route, counted.
-pub type Connector = CountConnections<hyper_rustls::HttpsConnector<super::egress::EgressConnector>>;
+/// An HTTP/1.1 keep-alive pool dialling with `connector` (its connections never speak HTTP/2, so
+/// none of hyper-util's HTTP/2 settings apply).
+fn pooled_client(connector: Handoff) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .build(connector)
+}
 
 /// A connection as [`Connector`] makes it.
 type Io = <Connector as tower::Service<Uri>>::Response;
@@ -103,7 +118,7 @@ impl tower::Service<Uri> for Handoff {
     fn call(&mut self, uri: Uri) -> Self::Future {
         match self.parked.lock().unwrap_or_else(|e| e.into_inner()).take() {
             Some(io) => Box::pin(std::future::ready(Ok(io))),
-            None => Box::pin(super::bounded_dial(self.dial_timeout, self.inner.call(uri))),
+            None => Box::pin(bounded_dial(self.dial_timeout, self.inner.call(uri))),
         }
     }
 }
@@ -117,16 +132,24 @@ pub enum SendError {
     /// The HTTP/2 handshake or the request's stream failed.
     #[error("client error (HTTP/2)")]
     Http2(#[source] h2::Error),
+    /// An upgrade tunnel's connection could not be made.
+    #[error(transparent)]
+    Tunnel(BoxError),
     /// An error from the HTTP/1.1 pool.
     #[error(transparent)]
     Pooled(#[from] hyper_util::client::legacy::Error),
 }
 
 impl SendError {
+    /// Whether the server refused the request's stream unprocessed (see [`Shared::request`]).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, SendError::Http2(e) if unprocessed(e))
+    }
+
     /// Whether no connection to the API server could be made at all.
     pub fn is_connect(&self) -> bool {
         match self {
-            SendError::Connect(_) => true,
+            SendError::Connect(_) | SendError::Tunnel(_) => true,
             SendError::Pooled(e) => e.is_connect(),
             SendError::Http2(_) => false,
         }
@@ -137,7 +160,7 @@ impl SendError {
 /// HTTP/1.1 pool when the server does not speak HTTP/2 (see the module doc).
 pub struct Shared {
     connector: Connector,
-    /// The bound on each dial (`super::bounded_dial`).
+    /// The bound on each dial ([`bounded_dial`]).
     dial_timeout: Duration,
     builder: h2::client::Builder,
     /// Requests go here when the server chose HTTP/1.1, or when HTTP/2 is off.
@@ -145,11 +168,9 @@ pub struct Shared {
     /// `http1`'s dialler, to give it the connection that found out.
     handoff: Handoff,
     state: Mutex<State>,
-    /// Held while dialling, so a burst of first requests makes one connection; holds how the last dial
-    /// failed, if it did, for the requests that waited on it.
-    dialling: tokio::sync::Mutex<Option<DialFailed>>,
-    /// Dials finished, to tell a request that waited on a dial from one that came after it.
-    dials: AtomicU64,
+    /// One dial at a time, so a burst of first requests makes one connection; the requests that
+    /// waited on a failed dial share its failure.
+    dialling: SingleFlight<DialFailed>,
     /// Numbers connections, so that a failed request retires the connection it failed on and not a
     /// newer one.
     next_id: AtomicU64,
@@ -190,7 +211,7 @@ impl Shared {
         dial_timeout: Duration,
     ) -> Self {
         let handoff = Handoff::new(http1, dial_timeout);
-        let http1 = super::pooled_client(handoff.clone());
+        let http1 = pooled_client(handoff.clone());
         let mut builder = h2::client::Builder::new();
         builder
             .initial_window_size(STREAM_WINDOW)
@@ -208,8 +229,7 @@ impl Shared {
             http1,
             handoff,
             state: Mutex::new(if http2 { State::Idle } else { State::Http1 }),
-            dialling: tokio::sync::Mutex::new(None),
-            dials: AtomicU64::new(0),
+            dialling: SingleFlight::default(),
             next_id: AtomicU64::new(0),
             stream_limit: AtomicUsize::new(0),
         }
@@ -228,7 +248,7 @@ impl Shared {
     ///   rebalance clients, and a request that raced one would otherwise fail with a 502. The copy of
     ///   the head kept for this costs a header map clone per such request.
     pub async fn request(&self, req: Request<Body>) -> Result<Response<Received>, SendError> {
-        let template = req.body().is_end_stream().then(|| Head::of(&req));
+        let template = req.body().is_end_stream().then(|| Replay::of(&req));
         let mut used = None;
         let answer = self.request_once(req, &mut used).await;
         match template {
@@ -245,7 +265,7 @@ impl Shared {
     async fn resend(
         &self,
         mut answer: Result<Response<Received>, SendError>,
-        template: Head,
+        template: Replay,
         mut used: Option<u64>,
     ) -> Result<Response<Received>, SendError> {
         for retry in 0..UNPROCESSED_RETRIES {
@@ -369,29 +389,23 @@ impl Shared {
     /// connection, or its failure. Go's transport shares an in-flight dial's outcome the same way;
     /// dialling again in turn instead would keep the Nth request waiting on a hung server for N bounds.
     async fn dial(&self, uri: &Uri) -> Result<Route, SendError> {
-        let seen = self.dials.load(Ordering::Acquire);
-        let mut last = self.dialling.lock().await;
-        if let Some(route) = self.route() {
-            return Ok(route);
-        }
-        if let Some(failed) = last.as_ref() {
-            if self.dials.load(Ordering::Acquire) != seen {
-                return Err(SendError::Connect(Box::new(failed.clone())));
-            }
-        }
-        let result = match self.connect(uri).await {
+        let ticket = self.dialling.ticket();
+        let flight = match self.dialling.begin(ticket, || self.route()).await {
+            Begin::Cached(route) => return Ok(route),
+            Begin::Failed(failed) => return Err(SendError::Connect(Box::new(failed))),
+            Begin::Refresh(flight) => flight,
+        };
+        match self.connect(uri).await {
             Err(SendError::Connect(e)) => {
                 let failed = DialFailed(Arc::new(e));
-                *last = Some(failed.clone());
+                flight.finish(Some(failed.clone()));
                 Err(SendError::Connect(Box::new(failed)))
             }
             other => {
-                *last = None;
+                flight.finish(None);
                 other
             }
-        };
-        self.dials.fetch_add(1, Ordering::Release);
-        result
+        }
     }
 
     /// Makes the connection (TCP, TLS, the HTTP/2 handshake) and records it as the current one.
@@ -401,7 +415,7 @@ impl Shared {
             *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Http1;
             return Ok(Route::Http1);
         }
-        let io = super::bounded_dial(
+        let io = bounded_dial(
             self.dial_timeout,
             self.connector.clone().oneshot(uri.clone()),
         )
@@ -455,28 +469,6 @@ impl std::error::Error for DialFailed {
 /// 160 ms (Go's transport: 6 times, backing off from 1 s; a refusal by GOAWAY is answered by the next
 /// connection at once, so kproxy starts sooner).
 const UNPROCESSED_RETRIES: u32 = 5;
-
-/// A request's method, URI and headers, kept to send it again.
-struct Head(http::Method, Uri, HeaderMap);
-
-impl Head {
-    fn of<B>(req: &Request<B>) -> Self {
-        Head(
-            req.method().clone(),
-            req.uri().clone(),
-            req.headers().clone(),
-        )
-    }
-
-    /// A bodyless request with this head.
-    fn request(&self) -> Request<Body> {
-        let mut req = Request::new(Body::empty());
-        *req.method_mut() = self.0.clone();
-        *req.uri_mut() = self.1.clone();
-        *req.headers_mut() = self.2.clone();
-        req
-    }
-}
 
 /// Whether the server refused a stream without processing it (RFC 9113 §8.7): reset with
 /// `REFUSED_STREAM`, or above the last stream of the server's `GOAWAY`.
@@ -594,104 +586,7 @@ async fn drive<T>(
         }
     };
     if let Err(e) = ended.await {
-        tracing::debug!(error = %crate::error::chain(&e), "upstream HTTP/2 connection ended");
+        tracing::debug!(error = %crate::base::error::chain(&e), "upstream HTTP/2 connection ended");
     }
     closed.store(true, Ordering::Release);
-}
-
-/// A body received from a peer: by hyper (HTTP/1.1 responses from the pool, a client's request body)
-/// or from one of [`Shared`]'s HTTP/2 streams.
-pub enum Received {
-    /// Received by hyper.
-    Hyper(Incoming),
-    /// From an HTTP/2 stream.
-    Http2(H2Body),
-}
-
-impl From<Incoming> for Received {
-    fn from(body: Incoming) -> Self {
-        Received::Hyper(body)
-    }
-}
-
-/// An HTTP/2 response body. Received data is released to the flow-control window as the reader takes
-/// it, as hyper does: the server sends more only as fast as the client reads.
-pub struct H2Body {
-    recv: h2::RecvStream,
-    /// Bytes still expected by `content-length`, for the size hint.
-    remaining: Option<u64>,
-    data_done: bool,
-}
-
-impl H2Body {
-    /// The body of a response with these headers. The size hint comes from `content-length`, as in
-    /// hyper's own body type: the client side uses it to choose between `content-length` and chunked
-    /// framing.
-    fn new(recv: h2::RecvStream, headers: &HeaderMap) -> Self {
-        let data_done = recv.is_end_stream();
-        let remaining = if data_done {
-            Some(0)
-        } else {
-            headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-        };
-        Self {
-            recv,
-            remaining,
-            data_done,
-        }
-    }
-}
-
-impl http_body::Body for Received {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Received::Hyper(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
-            Received::Http2(b) => {
-                if !b.data_done {
-                    match std::task::ready!(b.recv.poll_data(cx)) {
-                        Some(Ok(data)) => {
-                            let _ = b.recv.flow_control().release_capacity(data.len());
-                            if let Some(r) = &mut b.remaining {
-                                *r = r.saturating_sub(data.len() as u64);
-                            }
-                            return Poll::Ready(Some(Ok(Frame::data(data))));
-                        }
-                        Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-                        None => b.data_done = true,
-                    }
-                }
-                match std::task::ready!(b.recv.poll_trailers(cx)) {
-                    Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-                    Ok(None) => Poll::Ready(None),
-                    Err(e) => Poll::Ready(Some(Err(e.into()))),
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Received::Hyper(inner) => inner.is_end_stream(),
-            Received::Http2(b) => b.recv.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Received::Hyper(inner) => inner.size_hint(),
-            Received::Http2(b) => match b.remaining {
-                Some(n) => SizeHint::with_exact(n),
-                None => SizeHint::default(),
-            },
-        }
-    }
 }

@@ -26,9 +26,8 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use kproxy::cli::Cli;
-use kproxy::config::{Config, Listen};
 use kproxy::env::MapEnv;
-use kproxy::server::Listener;
+use kproxy::{App, Config, Listen};
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
 };
@@ -774,19 +773,16 @@ impl Kproxy {
             port: 0,
         };
         tweak(&mut config);
-        let listener = Listener::bind(&config.listen).await?;
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
         // Everything that reads credentials happens here, before this returns, as in main.rs: build
         // errors (bad keys) surface now, and a test may change files on disk right after.
-        let lifecycle = kproxy::config::Lifecycle::new(&config);
-        let router = kproxy::config::build_router(&config, &lifecycle)?;
-        let ops = kproxy::Ops::prepare(&config).await?;
+        let app = App::build(config).await?;
+        let addr = app.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let shutdown = async move {
+            app.serve(async move {
                 let _ = rx.await;
-            };
-            kproxy::serve(config, listener, ops, router, lifecycle, shutdown).await;
+            })
+            .await;
             Ok(())
         });
         Ok(Kproxy {

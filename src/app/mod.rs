@@ -1,0 +1,154 @@
+//! The composition root: [`App::build`] turns a validated [`Config`] into a running proxy (router,
+//! listeners, signal handlers); [`App::serve`] serves until shutdown and drains. `main.rs`, the library
+//! entry point [`crate::run`] and every test harness start kproxy through it, so the startup sequence
+//! exists once.
+
+mod admin;
+mod build;
+pub mod config;
+pub mod error;
+mod reload;
+mod server;
+mod watch;
+
+pub use server::Listener;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::build::Lifecycle;
+use crate::app::config::Config;
+use crate::app::error::StartupError;
+use crate::app::reload::Routers;
+
+use crate::proxy::router::Router;
+
+/// kproxy, built and bound, ready to serve.
+pub struct App {
+    config: Config,
+    listener: Listener,
+    /// The bound admin listener, if `--admin-address` is set.
+    admin: Option<TcpListener>,
+    /// SIGHUP, which forces a configuration reload.
+    hangup: Option<Signal>,
+    lifecycle: Lifecycle,
+    router: Arc<Router>,
+}
+
+impl App {
+    /// Builds everything `config` asks for, in the order that decides which error a broken setup
+    /// reports: TLS material, credentials and the router first (unreadable or mismatched keys exit 64
+    /// before anything is bound), then the proxy listener, the admin listener and the SIGHUP handler.
+    /// Everything that can fail or race happens here, before the caller prints the startup line: a bind
+    /// failure exits 1, and a SIGHUP that arrived before its handler was registered would terminate
+    /// the process.
+    pub async fn build(config: Config) -> Result<App, StartupError> {
+        let (lifecycle, router) = Self::router(&config)?;
+        let listener = Listener::bind(&config.listen).await?;
+        Self::assemble(config, listener, lifecycle, router).await
+    }
+
+    /// [`App::build`] on a listener the caller has bound already (`config.listen` is not used).
+    pub async fn with_listener(config: Config, listener: Listener) -> Result<App, StartupError> {
+        let (lifecycle, router) = Self::router(&config)?;
+        Self::assemble(config, listener, lifecycle, router).await
+    }
+
+    fn router(config: &Config) -> Result<(Lifecycle, Arc<Router>), StartupError> {
+        let lifecycle = Lifecycle::new(config);
+        let router = build::build_router(config, &lifecycle)?;
+        Ok((lifecycle, router))
+    }
+
+    async fn assemble(
+        config: Config,
+        listener: Listener,
+        lifecycle: Lifecycle,
+        router: Arc<Router>,
+    ) -> Result<App, StartupError> {
+        let admin = match &config.admin_address {
+            Some(address) => Some(admin::bind(address).await?),
+            None => None,
+        };
+        let hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot handle SIGHUP; reloads happen on file changes only");
+                None
+            }
+        };
+        Ok(App {
+            config,
+            listener,
+            admin,
+            hangup,
+            lifecycle,
+            router,
+        })
+    }
+
+    /// What the startup line prints: `127.0.0.1:8001`, `[::1]:8001`, or the socket path.
+    pub fn display_addr(&self) -> String {
+        self.listener.display_addr()
+    }
+
+    /// The proxy's TCP address, when it listens on TCP.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The admin listener's address, when there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves the proxy, the admin listener and the reloader until `shutdown` completes; then drains
+    /// (see `server::serve`) and stops the rest.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let App {
+            config,
+            listener,
+            admin,
+            hangup,
+            lifecycle,
+            router,
+        } = self;
+        let routers = Arc::new(Routers::new(router, &lifecycle));
+        // Fired once the proxy has drained: the admin listener keeps answering (readyz: "shutting
+        // down") during the drain.
+        let stop = CancellationToken::new();
+        let reloader = tokio::spawn(reload::run(
+            config.clone(),
+            lifecycle.clone(),
+            routers.clone(),
+            hangup,
+            stop.clone(),
+        ));
+        let admin = admin.map(|l| {
+            tokio::spawn(admin::serve(
+                l,
+                routers.clone(),
+                lifecycle.clone(),
+                stop.clone(),
+            ))
+        });
+        server::serve(
+            listener,
+            routers,
+            lifecycle,
+            shutdown,
+            config.shutdown_grace,
+        )
+        .await;
+        stop.cancel();
+        let _ = reloader.await;
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
+    }
+}

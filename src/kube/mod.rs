@@ -1,0 +1,5 @@
+//! What the kubeconfig (or the pod's service account) says, made usable: the resolved cluster, user and
+//! context, and the rustls configuration built from it.
+
+pub mod kubeconfig;
+pub mod tls;
