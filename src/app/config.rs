@@ -114,83 +114,16 @@ impl Config {
     pub fn from_cli<E: Env + Clone + 'static>(cli: &Cli, env: &E) -> Result<Config, StartupError> {
         let shared = SharedEnv(Arc::new(env.clone()));
         let env: &dyn Env = env;
-        let listen = match &cli.unix_socket {
-            Some(path) if cli.port != DEFAULT_PORT => {
-                let _ = path;
-                return Err(StartupError::Usage(
-                    "cannot set --unix-socket and --port at the same time: drop one of them"
-                        .to_owned(),
-                ));
-            }
-            Some(path) => Listen::Unix(path.clone()),
-            None => Listen::Tcp {
-                address: cli.address.clone(),
-                port: cli.port,
-            },
-        };
+        let listen = listen(cli)?;
         let api_prefix = with_slashes(&cli.api_prefix);
-        let www = cli
-            .www
-            .as_ref()
-            .map(|dir| (dir.clone(), with_slashes(&cli.www_prefix)));
-        if let Some((_, www_prefix)) = &www {
-            if *www_prefix == api_prefix {
-                return Err(StartupError::Usage(format!(
-                    "--www-prefix and --api-prefix are both {api_prefix:?}: give them different values"
-                )));
-            }
-        }
-        let filter = if cli.disable_filter {
-            if !matches!(listen, Listen::Unix(_)) {
-                tracing::warn!("Request filter disabled, your proxy is vulnerable to XSRF attacks, please be cautious");
-            }
-            None
-        } else {
-            let f = Filter::new(
-                &cli.accept_paths,
-                &cli.reject_paths,
-                &cli.accept_hosts,
-                &cli.reject_methods,
-            )?;
-            if f.relaxed() {
-                tracing::warn!("Request filter has been relaxed, your proxy may be vulnerable to attacks, please be cautious");
-            }
-            Some(f)
-        };
+        let www = www(cli, &api_prefix)?;
+        let filter = filter(cli, &listen)?;
 
-        let opts = LoadOptions {
-            kubeconfig: cli.kubeconfig.clone(),
-            context: cli.context.clone(),
-            cluster: cli.cluster.clone(),
-            user: cli.user.clone(),
-            incluster_dir: cli.incluster_dir.clone(),
-            overrides: Overrides {
-                server: cli.server.clone(),
-                token: cli.token.clone(),
-                username: cli.username.clone(),
-                password: cli.password.clone(),
-                certificate_authority: cli.certificate_authority.clone(),
-                client_certificate: cli.client_certificate.clone(),
-                client_key: cli.client_key.clone(),
-                insecure_skip_tls_verify: cli.insecure_skip_tls_verify,
-                tls_server_name: cli.tls_server_name.clone(),
-                as_user: cli.as_user.clone(),
-                as_groups: cli.as_group.clone(),
-                as_uid: cli.as_uid.clone(),
-                disable_compression: cli.disable_compression,
-            },
-        };
+        let opts = load_options(cli);
         // ops (hot reload): hash the files before reading them, so a change made meanwhile is seen.
         let baseline = Baseline::before_load(&opts, env);
         let cluster = kubeconfig::load(&opts, env)?;
-        let admin_address = cli.admin_address.clone().filter(|a| !a.is_empty());
-        if let Some(a) = &admin_address {
-            if !a.contains(':') {
-                return Err(StartupError::Usage(format!(
-                    "--admin-address={a:?} needs a port: use HOST:PORT, e.g. 127.0.0.1:9101"
-                )));
-            }
-        }
+        let admin_address = admin_address(cli)?;
         if !cluster.server.path.is_empty() && !cli.append_server_path {
             tracing::warn!(
                 "Your kube context contains a server path {}, use --append-server-path to automatically append the path to each request",
@@ -199,12 +132,7 @@ impl Config {
         }
         let proxy_env = ProxyEnv::from_env(env);
         let route = route_for(&cluster, &proxy_env)?;
-        let keepalive = match cli.keepalive.non_negative() {
-            None => None,
-            // Go's dialer reads 0 as "the default", 15 s, not "off" as kubectl's help says.
-            Some(d) if d.is_zero() => Some(Duration::from_secs(15)),
-            Some(d) => Some(d),
-        };
+        let keepalive = keepalive(cli);
         Ok(Config {
             listen,
             api_prefix,
@@ -230,6 +158,106 @@ impl Config {
             env: shared,
             baseline,
         })
+    }
+}
+
+/// `--address`/`--port`, or `--unix-socket` (not both).
+fn listen(cli: &Cli) -> Result<Listen, StartupError> {
+    match &cli.unix_socket {
+        Some(_) if cli.port != DEFAULT_PORT => Err(StartupError::Usage(
+            "cannot set --unix-socket and --port at the same time: drop one of them".to_owned(),
+        )),
+        Some(path) => Ok(Listen::Unix(path.clone())),
+        None => Ok(Listen::Tcp {
+            address: cli.address.clone(),
+            port: cli.port,
+        }),
+    }
+}
+
+/// `--www` and its prefix, which must differ from the API prefix.
+fn www(cli: &Cli, api_prefix: &str) -> Result<Option<(PathBuf, String)>, StartupError> {
+    let www = cli
+        .www
+        .as_ref()
+        .map(|dir| (dir.clone(), with_slashes(&cli.www_prefix)));
+    if let Some((_, www_prefix)) = &www {
+        if *www_prefix == api_prefix {
+            return Err(StartupError::Usage(format!(
+                "--www-prefix and --api-prefix are both {api_prefix:?}: give them different values"
+            )));
+        }
+    }
+    Ok(www)
+}
+
+/// kubectl's request filter, or `None` with `--disable-filter` (warning as kubectl does).
+fn filter(cli: &Cli, listen: &Listen) -> Result<Option<Filter>, StartupError> {
+    Ok(if cli.disable_filter {
+        if !matches!(listen, Listen::Unix(_)) {
+            tracing::warn!("Request filter disabled, your proxy is vulnerable to XSRF attacks, please be cautious");
+        }
+        None
+    } else {
+        let f = Filter::new(
+            &cli.accept_paths,
+            &cli.reject_paths,
+            &cli.accept_hosts,
+            &cli.reject_methods,
+        )?;
+        if f.relaxed() {
+            tracing::warn!("Request filter has been relaxed, your proxy may be vulnerable to attacks, please be cautious");
+        }
+        Some(f)
+    })
+}
+
+/// What the cluster configuration is loaded from, and the flags that override it.
+fn load_options(cli: &Cli) -> LoadOptions {
+    LoadOptions {
+        kubeconfig: cli.kubeconfig.clone(),
+        context: cli.context.clone(),
+        cluster: cli.cluster.clone(),
+        user: cli.user.clone(),
+        incluster_dir: cli.incluster_dir.clone(),
+        overrides: Overrides {
+            server: cli.server.clone(),
+            token: cli.token.clone(),
+            username: cli.username.clone(),
+            password: cli.password.clone(),
+            certificate_authority: cli.certificate_authority.clone(),
+            client_certificate: cli.client_certificate.clone(),
+            client_key: cli.client_key.clone(),
+            insecure_skip_tls_verify: cli.insecure_skip_tls_verify,
+            tls_server_name: cli.tls_server_name.clone(),
+            as_user: cli.as_user.clone(),
+            as_groups: cli.as_group.clone(),
+            as_uid: cli.as_uid.clone(),
+            disable_compression: cli.disable_compression,
+        },
+    }
+}
+
+/// `--admin-address`, which needs a port.
+fn admin_address(cli: &Cli) -> Result<Option<String>, StartupError> {
+    let admin_address = cli.admin_address.clone().filter(|a| !a.is_empty());
+    if let Some(a) = &admin_address {
+        if !a.contains(':') {
+            return Err(StartupError::Usage(format!(
+                "--admin-address={a:?} needs a port: use HOST:PORT, e.g. 127.0.0.1:9101"
+            )));
+        }
+    }
+    Ok(admin_address)
+}
+
+/// TCP keep-alive for upgrade connections (`--keepalive`): `None` disables it.
+fn keepalive(cli: &Cli) -> Option<Duration> {
+    match cli.keepalive.non_negative() {
+        None => None,
+        // Go's dialer reads 0 as "the default", 15 s, not "off" as kubectl's help says.
+        Some(d) if d.is_zero() => Some(Duration::from_secs(15)),
+        Some(d) => Some(d),
     }
 }
 

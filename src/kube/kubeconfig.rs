@@ -607,13 +607,30 @@ fn pem_source(
 
 type Material = (TlsSettings, AuthConfig, Impersonation);
 
-/// Validates the cluster and user entries as client-go's `ConfirmUsable` does and extracts the material.
+/// Validates the cluster and user entries as client-go's `ConfirmUsable` does and extracts the material,
+/// each check in client-go's order (so the first problem reported is the one kubectl reports).
 fn user_material(
     cluster: &Cluster,
     user: &AuthInfo,
     user_name: Option<String>,
 ) -> Result<Material, ConfigError> {
     let who = user_name.clone().unwrap_or_else(|| "the user".to_owned());
+    let (ca, insecure) = cluster_trust(cluster)?;
+    let (client_cert, client_key) = client_certificate(user, &who)?;
+    let auth = auth_config(user, &who, user_name)?;
+    let impersonation = impersonation(user, &who)?;
+    let tls = TlsSettings {
+        ca,
+        insecure,
+        server_name: cluster.tls_server_name.clone().filter(|s| !s.is_empty()),
+        client_cert,
+        client_key,
+    };
+    Ok((tls, auth, impersonation))
+}
+
+/// The cluster's CA and `insecure-skip-tls-verify` (never both), and a supported `proxy-url` scheme.
+fn cluster_trust(cluster: &Cluster) -> Result<(Option<PemSource>, bool), ConfigError> {
     let ca = pem_source(
         "certificate-authority",
         "the cluster",
@@ -642,6 +659,15 @@ fn user_material(
             )));
         }
     }
+    Ok((ca, insecure))
+}
+
+/// The user's client certificate and key: both or neither, each as a file or inline data (not both), the
+/// files readable.
+fn client_certificate(
+    user: &AuthInfo,
+    who: &str,
+) -> Result<(Option<PemSource>, Option<PemSource>), ConfigError> {
     if user
         .client_certificate
         .as_deref()
@@ -667,13 +693,13 @@ fn user_material(
     }
     let client_cert = pem_source(
         "client-certificate",
-        &who,
+        who,
         user.client_certificate.as_ref(),
         user.client_certificate_data.as_deref(),
     )?;
     let client_key = pem_source(
         "client-key",
-        &who,
+        who,
         user.client_key.as_ref(),
         user.client_key_data.as_ref().map(|s| s.expose_secret()),
     )?;
@@ -704,6 +730,16 @@ fn user_material(
         }
     }
 
+    Ok((client_cert, client_key))
+}
+
+/// The user's bearer token, token file, basic auth, exec plugin and auth provider, with client-go's rules
+/// on which may be combined.
+fn auth_config(
+    user: &AuthInfo,
+    who: &str,
+    user_name: Option<String>,
+) -> Result<AuthConfig, ConfigError> {
     let token = user.token.clone().filter(|t| !t.expose_secret().is_empty());
     let token_file = user
         .token_file
@@ -765,6 +801,19 @@ fn user_material(
             )));
         }
     }
+    Ok(AuthConfig {
+        user_name,
+        user_origin: None,
+        token,
+        token_file,
+        basic,
+        exec: user.exec.clone(),
+        auth_provider: user.auth_provider.clone(),
+    })
+}
+
+/// The user's impersonation settings: uid, groups and extra only together with a user to impersonate.
+fn impersonation(user: &AuthInfo, who: &str) -> Result<Impersonation, ConfigError> {
     let has_impersonation_extras = user
         .impersonate_uid
         .as_deref()
@@ -790,30 +839,12 @@ fn user_material(
         .into_iter()
         .collect();
     extra.sort();
-    Ok((
-        TlsSettings {
-            ca,
-            insecure,
-            server_name: cluster.tls_server_name.clone().filter(|s| !s.is_empty()),
-            client_cert,
-            client_key,
-        },
-        AuthConfig {
-            user_name,
-            user_origin: None,
-            token,
-            token_file,
-            basic,
-            exec: user.exec.clone(),
-            auth_provider: user.auth_provider.clone(),
-        },
-        Impersonation {
-            user: as_user,
-            uid: user.impersonate_uid.clone().filter(|s| !s.is_empty()),
-            groups: user.impersonate_groups.clone().unwrap_or_default(),
-            extra,
-        },
-    ))
+    Ok(Impersonation {
+        user: as_user,
+        uid: user.impersonate_uid.clone().filter(|s| !s.is_empty()),
+        groups: user.impersonate_groups.clone().unwrap_or_default(),
+        extra,
+    })
 }
 
 /// Parses the server URL as client-go does: a missing scheme is `https` when TLS material is configured,

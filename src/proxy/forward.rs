@@ -12,6 +12,7 @@ use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::credentials::Used;
 use crate::auth::Auth;
 use crate::kube::kubeconfig::Server;
 use crate::proxy::error::ProxyError;
@@ -130,21 +131,9 @@ impl Proxy {
         let (mut resp, mut lease) = self.send(upstream_req, class).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             if let Some(used) = used {
-                self.auth.credentials.rejected(used);
-                if let Some(mut retry) = retry {
-                    let renewed = self.auth.apply(retry.headers_mut()).await?;
-                    if renewed.is_some() && renewed != Some(used) {
-                        tracing::debug!("401 with a credential kproxy has since renewed: sending the request once more");
-                        // Boxed: rare, and a second `send` future inline (2.7 KB) would be carried, and
-                        // copied, by every request's future.
-                        (resp, lease) = Box::pin(self.send(retry.request(), class)).await?;
-                        if resp.status() == StatusCode::UNAUTHORIZED {
-                            if let Some(renewed) = renewed {
-                                self.auth.credentials.rejected(renewed);
-                            }
-                        }
-                    }
-                }
+                // Boxed: rare, and its futures (a credential refresh, a second `send`) would otherwise
+                // be carried, and copied, by every request's future.
+                (resp, lease) = Box::pin(self.rejected(used, retry, class, (resp, lease))).await?;
             }
         }
         let (mut parts, body) = resp.into_parts();
@@ -159,6 +148,35 @@ impl Proxy {
             (_, None) => Body::upstream(body),
         };
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// The API server answered 401 to credential `used`: the credential source hears of it, and a
+    /// bodyless request (`retry`) is sent once more when the source has a new credential by now.
+    async fn rejected(
+        &self,
+        used: Used,
+        retry: Option<Replay>,
+        class: Class,
+        answer: (Response<Received>, Option<Lease>),
+    ) -> Result<(Response<Received>, Option<Lease>), ProxyError> {
+        self.auth.credentials.rejected(used);
+        let Some(mut retry) = retry else {
+            return Ok(answer);
+        };
+        let renewed = self.auth.apply(retry.headers_mut()).await?;
+        if renewed.is_none() || renewed == Some(used) {
+            return Ok(answer);
+        }
+        tracing::debug!(
+            "401 with a credential kproxy has since renewed: sending the request once more"
+        );
+        let again = self.send(retry.request(), class).await?;
+        if again.0.status() == StatusCode::UNAUTHORIZED {
+            if let Some(renewed) = renewed {
+                self.auth.credentials.rejected(renewed);
+            }
+        }
+        Ok(again)
     }
 
     /// Sends one request upstream over the connections its class calls for (see [`crate::upstream`]).
