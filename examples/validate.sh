@@ -5,7 +5,8 @@
 #     ServiceAccount and laid out like a mounted service-account volume, and kproxy runs in-cluster
 #     style with the sidecar's own args from the manifest (kubelet's $(VAR) expansion done here);
 #  3. examples/curl.sh drives that kproxy, then the least-privilege rules are checked: own pods 200,
-#     pods/log 403 from RBAC, writes 403 from kproxy's filter, other namespaces 403.
+#     pods/log 403 from RBAC, writes 403 from kproxy's filter, other namespaces 403, and each of the
+#     sidecar's three probes answers 200 on its path.
 # Usage: examples/validate.sh [path/to/kproxy]   (default: cargo build, then target/debug/kproxy)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -93,6 +94,14 @@ expect 403 "create a pod (kproxy --reject-methods)" -X POST -H 'content-type: ap
   -d '{}' "$api/api/v1/namespaces/$ns/pods"
 expect 403 "pods in kube-system (kproxy --accept-paths)" "$api/api/v1/namespaces/kube-system/pods"
 expect 200 "readyz" "http://127.0.0.1:$admin_port/readyz"
+# Every probe of the manifest, on the path and port kubelet would use.
+while read -r probe path; do
+  expect 200 "$probe $path" "http://127.0.0.1:$admin_port$path"
+done < <(jq -r '.items[] | select(.kind=="Pod") | .spec.initContainers[] | select(.name=="kproxy")
+  | to_entries[] | select(.key | endswith("Probe")) | "\(.key) \(.value.httpGet.path)"' "$work/objects.json")
+[ "$(jq '[.items[] | select(.kind=="Pod") | .spec.initContainers[] | select(.name=="kproxy")
+  | to_entries[] | select(.key | endswith("Probe"))] | length' "$work/objects.json")" = 3 ] ||
+  die "expected a startup, readiness and liveness probe on the kproxy sidecar"
 kill -TERM "$kpid"
 wait "$kpid" || die "kproxy exited non-zero"
 echo "validate.sh: examples OK"

@@ -185,6 +185,7 @@ pub struct Cli {
     // ---- kproxy operations (docs/operations.md) ----
     /// kproxy: serve /healthz, /readyz and /metrics (Prometheus) on this HOST:PORT, e.g. 127.0.0.1:9101.
     /// Off by default. It proxies nothing, so in a pod it may listen on 0.0.0.0 for kubelet's probes.
+    /// /readyz?exclude=upstream ignores the API server: the readiness for a native sidecar.
     #[arg(long = "admin-address")]
     pub admin_address: Option<String>,
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The end-to-end suite: kproxy in front of a genuine kube-apiserver (tests/apiserver), checked with real
-# clients (curl, kubectl, the Python `kubernetes` client) and compared with `kubectl proxy`.
+# clients (curl, kubectl, the Python `kubernetes` client) and compared with `kubectl proxy`; the streaming
+# subresources through that server to kwok (tests/e2e_streams.rs); and the README's first command, examples/quickstart.sh, run and stopped with Ctrl-C (tests/quickstart.rs).
 # See docs/e2e.md. Called by tests/run.sh after the hermetic tests; can be run on its own:
 #
 #   bash tests/e2e.sh [extra cargo test harness args, e.g. a test name filter]
@@ -56,7 +57,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/kproxy-e2e.XXXXXX")
 command -v setsid >/dev/null || die "setsid not found (util-linux)"
 export KPROXY_E2E_APISERVER=$apiserver KPROXY_E2E_KUBECTL=$kubectl KPROXY_E2E_PYTHON=$venv/bin/python \
   KPROXY_E2E_KWOK=$kwok KPROXY_E2E_WORKDIR=$work
-setsid cargo test --locked --test e2e_real_apiserver --test e2e_streams -- --ignored \
+setsid cargo test --locked --test e2e_real_apiserver --test e2e_streams --test quickstart -- --ignored \
   --test-threads="${KPROXY_E2E_THREADS:-2}" "$@" &
 suite=$!
 trap 'kill -TERM -- "-$suite" 2>/dev/null || true' EXIT

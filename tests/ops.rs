@@ -69,7 +69,13 @@ impl WithAdmin {
     }
 
     async fn readyz(&self) -> (StatusCode, String) {
-        let (status, _, body) = get(&format!("{}/readyz", self.admin)).await;
+        self.readyz_query("").await
+    }
+
+    /// `/readyz?QUERY` (`/readyz` when `query` is empty).
+    async fn readyz_query(&self, query: &str) -> (StatusCode, String) {
+        let sep = if query.is_empty() { "" } else { "?" };
+        let (status, _, body) = get(&format!("{}/readyz{sep}{query}", self.admin)).await;
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
@@ -443,6 +449,54 @@ async fn readyz_probes_an_idle_upstream_and_fails_when_it_is_unreachable() {
     kp.stop().await;
 }
 
+/// The native-sidecar readiness: `/readyz?exclude=upstream` follows kproxy's own state only, so an
+/// API-server outage does not take the Pod out of its Services, and it costs the API server nothing.
+#[tokio::test]
+async fn readyz_exclude_upstream_ignores_the_api_server() {
+    // Unreachable: the full rule says not ready, the sidecar mode says ready.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(
+        dir.path(),
+        "kc.yaml",
+        &format!("https://127.0.0.1:{port}"),
+        "insecure-skip-tls-verify: true",
+        "token: t",
+    );
+    let kc_flag = format!("--kubeconfig={}", kc.display());
+    let kp = WithAdmin::start(&[&kc_flag], MapEnv::default()).await;
+    let (status, body) = kp.readyz().await;
+    assert_eq!(status, 503, "{body}");
+    let (status, body) = kp.readyz_query("exclude=upstream").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok\n"));
+    // Other parameters (kube-apiserver's `verbose`) are ignored.
+    let (status, _) = kp.readyz_query("verbose&exclude=upstream").await;
+    assert_eq!(status, 200);
+    // A misspelt check is an error naming the valid ones, never a silent full check.
+    let (status, _, body) = get(&format!("{}/readyz?exclude=upstrem", kp.admin)).await;
+    let msg = assert_status(status, &body, 400);
+    assert!(
+        msg.contains("\"upstrem\"") && msg.contains("\"upstream\""),
+        "{msg}"
+    );
+    kp.stop().await;
+
+    // Reachable: the sidecar mode sends nothing upstream, where the full rule probes GET /version.
+    let api = FakeApi::builder().start().await;
+    let kc = kubeconfig_for(&api, "kc.yaml", "token: t");
+    let kc_flag = format!("--kubeconfig={}", kc.display());
+    let kp = WithAdmin::start(&[&kc_flag], MapEnv::default()).await;
+    for _ in 0..3 {
+        assert_eq!(kp.readyz_query("exclude=upstream").await.0, 200);
+    }
+    assert_eq!(api.count(), 0, "{:?}", api.recorded());
+    assert_eq!(kp.readyz().await.0, 200);
+    assert_eq!(api.last().uri, "/version");
+    kp.stop().await;
+}
+
 #[tokio::test]
 async fn readyz_fails_while_the_token_file_cannot_be_refreshed() {
     let api = FakeApi::builder().start().await;
@@ -466,6 +520,14 @@ async fn readyz_fails_while_the_token_file_cannot_be_refreshed() {
     let (status, body) = kp.readyz().await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("credentials:"), "{body}");
+    // The sidecar mode keeps the credential check (kproxy's own state); it can be left out too.
+    let (status, body) = kp.readyz_query("exclude=upstream").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("credentials:"), "{body}");
+    let (status, body) = kp
+        .readyz_query("exclude=upstream&exclude=credentials")
+        .await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok\n"));
     let m = kp.metrics().await;
     // Two failed re-reads: one for the retry after the 401, one for the next request.
     assert_eq!(

@@ -13,6 +13,11 @@
 //!   4. otherwise readyz probes the API server itself with an authenticated `GET /version` (at most once
 //!      per [`PROBE_INTERVAL`], bounded by [`PROBE_TIMEOUT`]): any HTTP answer → ready, no answer → not
 //!      ready.
+//!
+//!   As on kube-apiserver, `?exclude=NAME` (repeatable) leaves a check out: `credentials` (rule 2) or
+//!   `upstream` (rules 3 and 4). `/readyz?exclude=upstream` therefore reflects kproxy's own state only,
+//!   so an API-server outage does not take a Pod whose sidecar kproxy is out of its Services
+//!   (docs/operations.md weighs the two). Rule 1 always applies.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -44,14 +49,55 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Admin connections served at once; probes and scrapes need few.
 pub const MAX_ADMIN_CONNECTIONS: usize = 32;
 
-/// Whether kproxy is ready, and why not.
-pub async fn readiness(routers: &Routers, lifecycle: &Lifecycle) -> Result<(), String> {
+/// The `/readyz` checks a request leaves out (`?exclude=credentials`, `?exclude=upstream`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exclude {
+    /// Leave out rule 2 (the credential).
+    pub credentials: bool,
+    /// Leave out rules 3 and 4 (the API server).
+    pub upstream: bool,
+}
+
+impl Exclude {
+    /// Reads every `exclude=NAME` of a query string; other parameters are ignored. An unknown name is an
+    /// error, so a misspelt probe path does not silently keep the check it meant to drop.
+    pub fn from_query(query: Option<&str>) -> Result<Exclude, String> {
+        let mut exclude = Exclude::default();
+        for pair in query.unwrap_or_default().split('&') {
+            let Some(name) = pair.strip_prefix("exclude=") else {
+                continue;
+            };
+            match name {
+                "credentials" => exclude.credentials = true,
+                "upstream" => exclude.upstream = true,
+                other => {
+                    return Err(format!(
+                        "readyz: cannot exclude {other:?}: the checks that can be excluded are \"credentials\" and \"upstream\" (e.g. /readyz?exclude=upstream); shutdown always applies"
+                    ))
+                }
+            }
+        }
+        Ok(exclude)
+    }
+}
+
+/// Whether kproxy is ready, and why not, without the checks `exclude` names.
+pub async fn readiness(
+    routers: &Routers,
+    lifecycle: &Lifecycle,
+    exclude: Exclude,
+) -> Result<(), String> {
     let telemetry = routers.telemetry();
     let health = &telemetry.health;
     if lifecycle.streams.is_cancelled() {
         return Err("kproxy is shutting down".to_owned());
     }
-    health.credential_verdict()?;
+    if !exclude.credentials {
+        health.credential_verdict()?;
+    }
+    if exclude.upstream {
+        return Ok(());
+    }
     let answered = health.last_answer.load(Relaxed);
     if health.ago(answered).is_some_and(|a| a <= ANSWER_WINDOW) {
         return Ok(());
@@ -76,7 +122,9 @@ pub async fn readiness(routers: &Routers, lifecycle: &Lifecycle) -> Result<(), S
         };
         *probe = Some((Instant::now(), failure));
         // The probe may have tried (and failed) to refresh the credential.
-        health.credential_verdict()?;
+        if !exclude.credentials {
+            health.credential_verdict()?;
+        }
     }
     match probe.as_ref().and_then(|(_, f)| f.clone()) {
         None => Ok(()),
@@ -177,14 +225,26 @@ async fn answer(
     }
     match req.uri().path() {
         "/healthz" | "/livez" => text(StatusCode::OK, "ok\n".to_owned()),
-        "/readyz" => match readiness(routers, lifecycle).await {
-            Ok(()) => text(StatusCode::OK, "ok\n".to_owned()),
-            Err(reason) => {
-                let mut body = String::new();
-                let _ = writeln!(body, "not ready: {reason}");
-                text(StatusCode::SERVICE_UNAVAILABLE, body)
+        "/readyz" => {
+            let exclude = match Exclude::from_query(req.uri().query()) {
+                Ok(e) => e,
+                Err(message) => {
+                    return crate::wire::status::response(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        &message,
+                    )
+                }
+            };
+            match readiness(routers, lifecycle, exclude).await {
+                Ok(()) => text(StatusCode::OK, "ok\n".to_owned()),
+                Err(reason) => {
+                    let mut body = String::new();
+                    let _ = writeln!(body, "not ready: {reason}");
+                    text(StatusCode::SERVICE_UNAVAILABLE, body)
+                }
             }
-        },
+        }
         "/metrics" => {
             let mut resp = text(StatusCode::OK, routers.telemetry().metrics.render());
             resp.headers_mut().insert(
