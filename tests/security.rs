@@ -135,6 +135,19 @@ async fn browser_requests_from_other_origins_are_refused_by_default() {
             "the message names the origin, kproxy's own and both ways to allow it: {msg}"
         );
     }
+    // A page chooses its Origin text: a huge one is not echoed whole.
+    let huge = format!("http://{}", "a".repeat(20_000));
+    let a = send_to(
+        &kp,
+        &api,
+        "GET",
+        "/api/v1/pods",
+        &[("origin", huge.as_str())],
+        "",
+    )
+    .await;
+    let msg = a.refused(403);
+    assert!(msg.len() < 1_000, "{} bytes", msg.len());
     kp.stop().await;
 }
 

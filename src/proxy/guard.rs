@@ -33,6 +33,8 @@ const SEC_WEBSOCKET_PROTOCOL: HeaderName = HeaderName::from_static("sec-websocke
 /// The WebSocket subprotocol prefix that carries a bearer token, as the API server reads it.
 pub const BEARER_PROTOCOL_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
 
+/// The most of a refused `Origin` that is repeated in the answer and the log (real origins are short).
+const MAX_ECHOED_ORIGIN: usize = 256;
 /// How long a browser may cache kproxy's answer to a preflight.
 const PREFLIGHT_MAX_AGE: HeaderValue = HeaderValue::from_static("600");
 /// The methods a CORS preflight is told it may use.
@@ -95,6 +97,16 @@ impl InboundToken {
                 "--auth-token-file={}: the file is empty: put a token in it, or use --auth-token-file=auto",
                 path.display()
             ));
+        }
+        if let Ok(meta) = std::fs::metadata(path) {
+            use std::os::unix::fs::PermissionsExt as _;
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    "--auth-token-file={} can be read by other users (mode {:o}): chmod 600 it",
+                    path.display(),
+                    meta.permissions().mode() & 0o777
+                );
+            }
         }
         if token.iter().any(|b| !b.is_ascii_graphic()) {
             return Err(format!(
@@ -415,7 +427,11 @@ impl Guard {
             return Ok(Screened::Pass(Cors::Strip));
         }
         Err(self.refuse(Refusal::Origin {
-            origin: String::from_utf8_lossy(origin.as_bytes()).into_owned(),
+            // Any page chooses this text: bounded, so a huge header cannot make a huge answer or log line.
+            origin: String::from_utf8_lossy(
+                &origin.as_bytes()[..origin.len().min(MAX_ECHOED_ORIGIN)],
+            )
+            .into_owned(),
             own: format!("http://{host}"),
         }))
     }
