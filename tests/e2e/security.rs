@@ -539,3 +539,53 @@ print(review.status.user_info.username)
     );
     assert!(!log.contains("wrong-token"), "a rejected token was logged");
 }
+
+/// The Python client's WebSocket (exec) sends `Origin: http://127.0.0.1:PORT`: kproxy's own origin, so
+/// it passes the check and gets the API server's own answer (the Pod has no node: 400), not a 403.
+#[test]
+#[ignore = "end-to-end: needs the real API server; run by tests/e2e.sh"]
+fn the_python_clients_websocket_is_same_origin() {
+    let ctx = Ctx::new("python-ws");
+    let ns = ctx.ns.as_str();
+    ctx.admin_apply(
+        &json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": ns},
+            "spec": {"containers": [{"name": "main", "image": "registry.invalid/none:1"}]}
+        })
+        .to_string(),
+    );
+    let kc = format!("--kubeconfig={}", ctx.server.kubeconfig("admin").display());
+    // Exec allowed past kubectl's default filter, so the request reaches the guard and beyond.
+    let (kp, url) = kproxy(&ctx, &[&kc, "--reject-paths=^/nothing$"], &[]);
+    let script = r#"
+import sys
+from kubernetes import client
+from kubernetes.stream import stream
+c = client.Configuration()
+c.host = sys.argv[1]
+api = client.CoreV1Api(client.ApiClient(c))
+try:
+    stream(api.connect_get_namespaced_pod_exec, "web", sys.argv[2], command=["true"],
+           stderr=True, stdin=False, stdout=True, tty=False)
+    print("no error")
+except Exception as e:
+    print(type(e).__name__, str(e).replace("\n", " ")[:400])
+"#;
+    let mut cmd = Command::new(required_env("KPROXY_E2E_PYTHON"));
+    cmd.env_clear()
+        .env("HOME", &ctx.home)
+        .env("PATH", path_env())
+        .args(["-c", script, &url, ns]);
+    let out = run(cmd, None).ok();
+    assert!(out.contains("400") && !out.contains("403"), "{out}");
+    let log = kp.stderr_text();
+    eprintln!("e2e: the Python client's exec through kproxy: {out}");
+    assert!(
+        log.contains(&format!(
+            "Filter accepting GET /api/v1/namespaces/{ns}/pods/web/exec"
+        )),
+        "the handshake passed the guard:\n{log}"
+    );
+    assert!(!log.contains("refused a request"), "{log}");
+}
