@@ -191,7 +191,8 @@ async fn cross_site_fetch_metadata_is_refused() {
         "",
     )
     .await;
-    a.refused(403);
+    let msg = a.refused(403);
+    assert!(msg.contains("Sec-Fetch-Site: cross-site"), "{msg}");
     // The user typing the URL (`none`), same-origin and same-site requests without Origin pass.
     for site in ["none", "same-origin", "same-site"] {
         let a = send_to(

@@ -423,7 +423,10 @@ impl Guard {
         let cross_site = headers
             .get(SEC_FETCH_SITE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
-        if is_own_origin(origin.as_bytes(), host.as_bytes()) && !cross_site {
+        if is_own_origin(origin.as_bytes(), host.as_bytes()) {
+            if cross_site {
+                return Err(self.refuse(Refusal::CrossSite));
+            }
             return Ok(Screened::Pass(Cors::Strip));
         }
         Err(self.refuse(Refusal::Origin {
