@@ -197,6 +197,47 @@ pub struct Cli {
     /// checks only on SIGHUP.
     #[arg(long = "config-poll-interval", default_value = "2s", value_parser = parse_go_duration)]
     pub config_poll_interval: GoDuration,
+
+    // ---- kproxy access control (issue 13, docs/security.md) ----
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub security: Security,
+}
+
+/// The flags of issue 13 (docs/security.md): who may use the proxy.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Security {
+    /// kproxy: turn off the browser Origin check and accept requests from web pages of any origin, as
+    /// kubectl proxy does. Without it, a request whose Origin is not kproxy's own (or listed in
+    /// --cors-allowed-origin), or that says Sec-Fetch-Site: cross-site, is refused (403): otherwise any
+    /// web page open in your browser could read and change the cluster through the proxy.
+    #[arg(long = "allow-any-origin", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub allow_any_origin: bool,
+
+    /// kproxy: let web pages of this exact origin (scheme://host[:port], e.g. http://localhost:3000) use
+    /// the proxy through CORS, WebSockets included. Repeatable; no wildcards or patterns. Preflights are
+    /// answered by kproxy; credentials mode is never allowed.
+    #[arg(long = "cors-allowed-origin", value_name = "ORIGIN")]
+    pub cors_allowed_origin: Vec<String>,
+
+    /// kproxy: require every API request to carry this token, as "Authorization: Bearer TOKEN" or as
+    /// the WebSocket subprotocol base64url.bearer.authorization.k8s.io.<base64url TOKEN>, so that other
+    /// local users and processes cannot borrow your credentials. PATH is a file holding the token;
+    /// "auto" writes a new random token to a new 0600 file and prints its path on stderr.
+    #[arg(long = "auth-token-file", value_name = "PATH|auto")]
+    pub auth_token_file: Option<String>,
+
+    /// kproxy: with --unix-socket, also accept connections from this user id (repeatable). By default
+    /// only the user kproxy runs as may connect (checked with SO_PEERCRED).
+    #[arg(long = "allow-uid", value_name = "UID")]
+    pub allow_uid: Vec<u32>,
+
+    /// kproxy: refuse everything that could change the cluster: only GET/HEAD/OPTIONS (watches
+    /// included), access reviews (SelfSubjectAccessReview, SelfSubjectRulesReview, SelfSubjectReview,
+    /// (Local)SubjectAccessReview) and dry runs (dryRun=All) pass; upgrades (exec, attach,
+    /// port-forward), services/pods/nodes proxy and client Impersonate-* headers are refused.
+    #[arg(long = "read-only", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub read_only: bool,
 }
 
 /// A Go `time.Duration` flag value, which may be negative (`--keepalive=-1s` disables keep-alive).

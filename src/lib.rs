@@ -27,7 +27,8 @@
 //! 6. `auth`: the user's credential kept fresh (token, token file, basic, exec plugin, OIDC;
 //!    docs/credentials.md) and impersonation, applied with client-go's precedence.
 //! 7. `proxy`: request handling on the listener: `router` (path cleaning, prefixes), `filter` (kubectl's
-//!    regexes), `static_files` (`--www`), `forward` (rewrite and relay, streaming both bodies),
+//!    regexes), `guard` (who may use the proxy: Origin and CORS, the inbound token, `--read-only`),
+//!    `static_files` (`--www`), `forward` (rewrite and relay, streaming both bodies),
 //!    `upgrade` (WebSocket/SPDY tunnels), and `error`, mapped once to `Status` answers.
 //! 8. [`cli`]: every `kubectl proxy` flag with kubectl's names and defaults, plus kproxy's own.
 //! 9. [`app`]: the composition root: validated [`Config`], startup errors and exit codes, building

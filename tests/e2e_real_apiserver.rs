@@ -13,6 +13,10 @@
 #[allow(dead_code)]
 mod support;
 
+// Issue 13: browsers (headless Chromium), --read-only, the inbound token.
+#[path = "e2e/security.rs"]
+mod security;
+
 use std::path::Path;
 use std::time::Duration;
 

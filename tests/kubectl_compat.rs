@@ -514,7 +514,7 @@ async fn default_flags_behave_like_kubectl_proxy() {
     .await;
 
     // Header handling.
-    same(p, a, "hop-by-hop", "GET /api/v1/pods HTTP/1.1\r\nHost: {host}\r\nConnection: X-Secret, keep-alive\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nProxy-Authorization: Basic eDp5\r\nProxy-Connection: keep-alive\r\nTE: gzip\r\nTrailer: X-Sum\r\nUpgrade: h2c\r\nCookie: a=b\r\nOrigin: http://localhost\r\nX-Custom: kept\r\nForwarded: for=1.2.3.4\r\nX-Forwarded-Proto: https", 200).await;
+    same(p, a, "hop-by-hop", "GET /api/v1/pods HTTP/1.1\r\nHost: localhost\r\nConnection: X-Secret, keep-alive\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nProxy-Authorization: Basic eDp5\r\nProxy-Connection: keep-alive\r\nTE: gzip\r\nTrailer: X-Sum\r\nUpgrade: h2c\r\nCookie: a=b\r\nOrigin: http://localhost\r\nX-Custom: kept\r\nForwarded: for=1.2.3.4\r\nX-Forwarded-Proto: https", 200).await;
     same(
         p,
         a,
@@ -612,6 +612,22 @@ async fn default_flags_behave_like_kubectl_proxy() {
     )
     .await;
     assert_eq!((k.status(), p2.status()), (403, 200));
+
+    // A web page of another origin (issue 13): kubectl proxy serves it; kproxy refuses it unless
+    // --allow-any-origin or --cors-allowed-origin says otherwise (tests/security.rs).
+    for (name, extra) in [
+        ("origin-other", "Origin: https://evil.example"),
+        ("origin-cross-site", "Sec-Fetch-Site: cross-site"),
+    ] {
+        let head =
+            format!("GET /api/v1/namespaces/default/secrets HTTP/1.1\r\nHost: {{host}}\r\n{extra}");
+        let (k, p2) = both(p, a, name, &head, false, "").await;
+        assert_eq!((k.status(), p2.status()), (200, 403), "{name}");
+        assert!(
+            p2.upstream.is_none(),
+            "{name} reached the server through kproxy"
+        );
+    }
 
     // Errors kproxy answers itself are Status JSON; kubectl writes text/plain.
     let (k, p2) = both(

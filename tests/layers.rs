@@ -48,6 +48,7 @@ const ORDER: &[&str] = &[
     "auth",
     // proxy: request handling.
     "proxy::filter",
+    "proxy::guard",
     "proxy::error",
     "proxy::static_files",
     "proxy::upgrade",

@@ -13,6 +13,7 @@ use crate::auth::credentials::{self, Credentials};
 use crate::auth::Auth;
 use crate::kube::tls::TlsState;
 use crate::proxy::forward::Proxy;
+use crate::proxy::guard::Guard;
 use crate::proxy::router::Router;
 use crate::proxy::static_files::StaticFiles;
 use crate::proxy::upgrade::Upgrader;
@@ -106,10 +107,9 @@ pub fn build_router(config: &Config, lifecycle: &Lifecycle) -> Result<Arc<Router
         .www
         .as_ref()
         .map(|(dir, prefix)| (prefix.clone(), StaticFiles::new(dir, prefix)));
-    Ok(Arc::new(Router::new(
-        config.api_prefix.clone(),
-        www,
-        config.filter.clone(),
-        proxy,
-    )))
+    // issue 13: origin checks, CORS, the inbound token and --read-only.
+    let guard = Guard::new(&config.guard, lifecycle.telemetry.metrics.clone());
+    Ok(Arc::new(
+        Router::new(config.api_prefix.clone(), www, config.filter.clone(), proxy).with_guard(guard),
+    ))
 }

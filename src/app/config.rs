@@ -13,6 +13,7 @@ use crate::base::env::Env;
 use crate::cli::{Cli, DEFAULT_PORT};
 use crate::kube::kubeconfig::{self, ConfigError, LoadOptions, Overrides, ResolvedConfig};
 use crate::proxy::filter::Filter;
+use crate::proxy::guard::{self, GuardConfig, InboundToken};
 use crate::telemetry::access_log;
 use crate::upstream::egress::{ProxyEnv, Route};
 
@@ -76,6 +77,11 @@ pub struct Config {
     pub(crate) env: SharedEnv,
     /// The configuration files' contents as they were just before `cluster` was loaded.
     pub(crate) baseline: Baseline,
+    // ---- access control (issue 13, docs/security.md) ----
+    /// Origin checks, CORS, the inbound token and `--read-only`.
+    pub(crate) guard: GuardConfig,
+    /// `--allow-uid`: unix-socket peers accepted besides kproxy's own user.
+    pub(crate) allow_uids: Vec<u32>,
 }
 
 /// The environment kept for reloads.
@@ -119,6 +125,8 @@ impl Config {
         let www = www(cli, &api_prefix)?;
         let filter = filter(cli, &listen)?;
 
+        let (guard, allow_uids) = security_from_cli(cli, &listen, env)?;
+
         let opts = load_options(cli);
         // ops (hot reload): hash the files before reading them, so a change made meanwhile is seen.
         let baseline = Baseline::before_load(&opts, env);
@@ -157,6 +165,8 @@ impl Config {
             load: opts,
             env: shared,
             baseline,
+            guard,
+            allow_uids,
         })
     }
 }
@@ -259,6 +269,59 @@ fn keepalive(cli: &Cli) -> Option<Duration> {
         Some(d) if d.is_zero() => Some(Duration::from_secs(15)),
         Some(d) => Some(d),
     }
+}
+
+/// Validates the access-control flags (issue 13). `--auth-token-file=auto` creates its file here and
+/// prints its path on stderr (stdout carries only the startup line).
+fn security_from_cli(
+    cli: &Cli,
+    listen: &Listen,
+    env: &dyn Env,
+) -> Result<(GuardConfig, Vec<u32>), StartupError> {
+    let sec = &cli.security;
+    let cors_origins = sec
+        .cors_allowed_origin
+        .iter()
+        .map(|o| guard::parse_cors_origin(o))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(StartupError::Usage)?;
+    let token = match sec.auth_token_file.as_deref() {
+        None => None,
+        Some("") => {
+            return Err(StartupError::Usage(
+                "--auth-token-file needs a file name or \"auto\"".to_owned(),
+            ))
+        }
+        Some("auto") => {
+            let dir = env
+                .non_empty("XDG_RUNTIME_DIR")
+                .or_else(|| env.non_empty("TMPDIR"))
+                .unwrap_or_else(|| "/tmp".to_owned());
+            let token =
+                InboundToken::generate(std::path::Path::new(&dir)).map_err(StartupError::Usage)?;
+            eprintln!(
+                "kproxy: wrote a new token to {} (mode 0600, removed on exit); clients must send it as \"Authorization: Bearer <token>\"",
+                token.path().display()
+            );
+            Some(token)
+        }
+        Some(path) => {
+            Some(InboundToken::from_file(std::path::Path::new(path)).map_err(StartupError::Usage)?)
+        }
+    };
+    if !sec.allow_uid.is_empty() && !matches!(listen, Listen::Unix(_)) {
+        return Err(StartupError::Usage(
+            "--allow-uid applies to --unix-socket connections only: drop it, or use --auth-token-file for TCP"
+                .to_owned(),
+        ));
+    }
+    let config = GuardConfig {
+        allow_any_origin: sec.allow_any_origin,
+        cors_origins,
+        token,
+        read_only: sec.read_only,
+    };
+    Ok((config, sec.allow_uid.clone()))
 }
 
 /// How connections reach the cluster's server: its `proxy-url`, else the proxy variables, else directly.

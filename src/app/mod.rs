@@ -118,6 +118,9 @@ impl App {
             lifecycle,
             router,
         } = self;
+        // issue 13 hook: unix-socket peers besides kproxy's own user.
+        let mut listener = listener;
+        listener.allow_uids(&config.allow_uids);
         let routers = Arc::new(Routers::new(router, &lifecycle));
         // Fired once the proxy has drained: the admin listener keeps answering (readyz: "shutting
         // down") during the drain.

@@ -23,6 +23,7 @@ use crate::app::config::Listen;
 use crate::app::error::StartupError;
 use crate::app::reload::Routers;
 use crate::base::host::join_host_port;
+use crate::telemetry::metrics::{Metrics, RefusalReason};
 
 /// Client connections served at once; further connections wait in the kernel backlog. Sized for a
 /// thousand watches over HTTP/1.1 (one connection each) with room to spare, and about 4 KiB of idle
@@ -49,11 +50,26 @@ pub enum Listener {
 }
 
 /// Removes the socket file on drop.
-pub struct SocketFile(PathBuf);
+pub struct SocketFile(PathBuf, Peers);
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Who may connect to the unix socket: the user that owns it (kproxy's own, as it created it) and
+/// `--allow-uid`. Checked on every accepted connection with SO_PEERCRED (issue 13): the 0600 mode alone
+/// still lets root in, and any process that inherits a connected descriptor.
+#[derive(Debug, Clone, Default)]
+struct Peers {
+    owner: Option<u32>,
+    allowed: Vec<u32>,
+}
+
+impl Peers {
+    fn admits(&self, uid: u32) -> bool {
+        self.owner == Some(uid) || self.allowed.contains(&uid)
     }
 }
 
@@ -77,6 +93,14 @@ impl Listener {
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| "?".to_owned()),
             Listener::Unix(_, f) => f.0.display().to_string(),
+        }
+    }
+
+    /// With a unix socket, also accept connections from these user ids (`--allow-uid`); the socket's
+    /// owner (kproxy's user) is always accepted.
+    pub(crate) fn allow_uids(&mut self, uids: &[u32]) {
+        if let Listener::Unix(_, SocketFile(_, peers)) = self {
+            peers.allowed = uids.to_vec();
         }
     }
 
@@ -162,11 +186,19 @@ fn bind_unix(path: &Path) -> std::io::Result<Listener> {
         socket.bind(&tmp)?;
         let listener = socket.listen(LISTEN_BACKLOG)?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        // Created by this process, so owned by its effective uid: the one peer always admitted.
+        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&tmp)?);
         std::fs::rename(&tmp, path)?;
-        Ok(listener)
+        Ok((listener, owner))
     })();
     let _ = std::fs::remove_dir_all(&staging);
-    result.map(|l| Listener::Unix(l, SocketFile(path.to_owned())))
+    result.map(|(l, owner)| {
+        let peers = Peers {
+            owner: Some(owner),
+            allowed: Vec::new(),
+        };
+        Listener::Unix(l, SocketFile(path.to_owned(), peers))
+    })
 }
 
 fn fastrand_suffix() -> u32 {
@@ -203,7 +235,7 @@ pub async fn serve(
         };
         let accepted = tokio::select! {
             _ = &mut shutdown => break,
-            a = accept(&listener) => a,
+            a = accept(&listener, &lifecycle.telemetry.metrics) => a,
         };
         match accepted {
             Ok((io, remote)) => {
@@ -249,17 +281,34 @@ enum Io {
     Unix(tokio::net::UnixStream),
 }
 
-async fn accept(listener: &Listener) -> std::io::Result<(Io, Option<SocketAddr>)> {
+async fn accept(
+    listener: &Listener,
+    metrics: &Metrics,
+) -> std::io::Result<(Io, Option<SocketAddr>)> {
     match listener {
         Listener::Tcp(l) => {
             let (s, a) = l.accept().await?;
             let _ = s.set_nodelay(true);
             Ok((Io::Tcp(s), Some(a)))
         }
-        Listener::Unix(l, _) => {
+        Listener::Unix(l, SocketFile(_, peers)) => loop {
             let (s, _) = l.accept().await?;
-            Ok((Io::Unix(s), None))
-        }
+            // issue 13 hook: only the owner's (and --allow-uid's) processes are served.
+            match s.peer_cred() {
+                Ok(cred) if peers.admits(cred.uid()) => return Ok((Io::Unix(s), None)),
+                Ok(cred) => {
+                    tracing::warn!(
+                        uid = cred.uid(),
+                        pid = cred.pid(),
+                        "refused a unix-socket connection from another user (allow it with --allow-uid)"
+                    );
+                    metrics.refused(RefusalReason::PeerUid);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "refused a unix-socket connection: cannot read its peer's credentials")
+                }
+            }
+        },
     }
 }
 

@@ -7,6 +7,7 @@ use crate::auth::credentials::CredentialError;
 use crate::base::error::chain;
 use crate::kube::kubeconfig::Server;
 use crate::proxy::filter::Rejection;
+use crate::proxy::guard::Refusal;
 use crate::upstream::UpstreamError;
 use crate::wire::body::Body;
 use crate::wire::status;
@@ -49,6 +50,9 @@ pub enum ProxyError {
     /// The request itself is malformed.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The guard refused it: origin, inbound token or `--read-only` (see [`crate::proxy::guard`]).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
 }
 
 impl ProxyError {
@@ -61,6 +65,7 @@ impl ProxyError {
             ProxyError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Credential(_) => StatusCode::UNAUTHORIZED,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Refused(r) => r.status(),
         }
     }
 

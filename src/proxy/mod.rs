@@ -4,6 +4,7 @@
 pub mod error;
 pub mod filter;
 pub mod forward;
+pub mod guard;
 pub mod router;
 pub mod static_files;
 pub mod upgrade;

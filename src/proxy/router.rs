@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use crate::proxy::error::ProxyError;
 use crate::proxy::filter::Filter;
 use crate::proxy::forward::Proxy;
+use crate::proxy::guard::{self, Guard, Screened};
 use crate::proxy::static_files::StaticFiles;
 use crate::wire::body::Body;
 
@@ -27,6 +28,8 @@ pub struct Router {
     /// `None` with `--disable-filter`.
     filter: Option<Filter>,
     proxy: Proxy,
+    /// Origin checks, CORS, the inbound token and `--read-only` (issue 13); `None` checks nothing.
+    guard: Option<Guard>,
 }
 
 impl Router {
@@ -43,7 +46,14 @@ impl Router {
             www,
             filter,
             proxy,
+            guard: None,
         }
+    }
+
+    /// The router with `guard` checking its requests.
+    pub fn with_guard(mut self, guard: Guard) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     /// The proxy behind the API prefix.
@@ -57,13 +67,22 @@ impl Router {
         req: Request<Incoming>,
         remote: Option<SocketAddr>,
     ) -> Response<Body> {
-        match self.route(req, remote).await {
+        // issue 13 hook: the origin check and CORS preflights come first, for every route.
+        let cors = match self.guard.as_ref().map(|g| g.screen(&req)) {
+            None => guard::Cors::None,
+            Some(Ok(Screened::Pass(cors))) => cors,
+            Some(Ok(Screened::Preflight(resp))) => return resp,
+            Some(Err(refusal)) => return ProxyError::from(refusal).into_response(),
+        };
+        let mut resp = match self.route(req, remote).await {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::debug!(error = %e, "answered by kproxy");
                 e.into_response()
             }
-        }
+        };
+        guard::decorate(resp.headers_mut(), cors);
+        resp
     }
 
     async fn route(
@@ -127,6 +146,16 @@ impl Router {
             (Cow::Borrowed(raw_path), Cow::Borrowed(&*decoded))
         };
 
+        // issue 13 hook: the inbound token (removed here, before the upstream credential is added) and
+        // `--read-only`, on the API only.
+        let accepted = match &self.guard {
+            Some(guard) => {
+                let accepted = guard.authenticate(req.headers())?;
+                guard.check_read_only(&req, &filter_path)?;
+                accepted
+            }
+            None => guard::Accepted::Open,
+        };
         if let Some(filter) = &self.filter {
             let host = match req.uri().authority() {
                 Some(a) => a.as_str(),
@@ -147,6 +176,8 @@ impl Router {
             tracing::debug!("Filter accepting {} {} {}", req.method(), filter_path, host);
         }
         let forward_path = forward_path.into_owned();
+        let mut req = req;
+        accepted.strip(req.headers_mut());
         self.proxy
             .forward(req, &forward_path, remote.map(|a| a.ip()))
             .await

@@ -43,6 +43,56 @@ const LATENCY_BUCKETS_US: [u64; 16] = [
     2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
 ];
 
+/// Why kproxy refused a request itself (issue 13: origin checks, inbound authentication, read-only
+/// mode): the bounded `reason` label of `kproxy_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// `Origin` neither kproxy's own nor in `--cors-allowed-origin`.
+    Origin,
+    /// `Sec-Fetch-Site: cross-site` without an allowed `Origin`.
+    CrossSite,
+    /// `--auth-token-file`: no token, or a wrong one.
+    Token,
+    /// A unix-socket peer whose uid is neither kproxy's nor in `--allow-uid`.
+    PeerUid,
+    /// `--read-only`: a write without `dryRun=All`.
+    ReadOnlyWrite,
+    /// `--read-only`: a protocol upgrade (exec, attach, port-forward, WebSocket watches).
+    ReadOnlyUpgrade,
+    /// `--read-only`: the `services|pods|nodes/*/proxy` subresources.
+    ReadOnlyProxy,
+    /// `--read-only`: client `Impersonate-*` headers.
+    ReadOnlyImpersonate,
+}
+
+impl RefusalReason {
+    /// Every reason, in label order.
+    pub const ALL: [RefusalReason; 8] = [
+        RefusalReason::Origin,
+        RefusalReason::CrossSite,
+        RefusalReason::Token,
+        RefusalReason::PeerUid,
+        RefusalReason::ReadOnlyWrite,
+        RefusalReason::ReadOnlyUpgrade,
+        RefusalReason::ReadOnlyProxy,
+        RefusalReason::ReadOnlyImpersonate,
+    ];
+
+    /// The `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            RefusalReason::Origin => "origin",
+            RefusalReason::CrossSite => "cross_site",
+            RefusalReason::Token => "token",
+            RefusalReason::PeerUid => "peer_uid",
+            RefusalReason::ReadOnlyWrite => "read_only_write",
+            RefusalReason::ReadOnlyUpgrade => "read_only_upgrade",
+            RefusalReason::ReadOnlyProxy => "read_only_proxy",
+            RefusalReason::ReadOnlyImpersonate => "read_only_impersonate",
+        }
+    }
+}
+
 /// Status codes are counted by their number, 100 to 999 (what `http::StatusCode` allows).
 const CODES: usize = 900;
 
@@ -196,6 +246,8 @@ pub struct Metrics {
     /// Milliseconds after `started` (plus one) of the last answer from an API server, any status (0:
     /// none yet). Relative, so the hot path reuses readiness's monotonic clock reading.
     pub(crate) last_upstream_answer_ms: AtomicU64,
+    /// Requests (and unix-socket connections) kproxy refused, by [`RefusalReason`].
+    refusals: [AtomicU64; RefusalReason::ALL.len()],
     /// Upgrade tunnels (exec, attach, port-forward) still open.
     tunnels: TaskTracker,
     /// When this instance started.
@@ -217,6 +269,7 @@ impl Metrics {
             reload_failures: AtomicU64::new(0),
             last_reload_unix: AtomicU64::new(0),
             last_upstream_answer_ms: AtomicU64::new(0),
+            refusals: Default::default(),
             tunnels,
             started: SystemTime::now(),
         }
@@ -231,6 +284,16 @@ impl Metrics {
         let s = Arc::new(UpstreamStats::new(url.to_owned()));
         all.push(s.clone());
         s
+    }
+
+    /// Counts one refusal.
+    pub fn refused(&self, reason: RefusalReason) {
+        self.refusals[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    /// How many refusals of `reason` were counted.
+    pub fn refusals(&self, reason: RefusalReason) -> u64 {
+        self.refusals[reason as usize].load(Relaxed)
     }
 
     /// The statistics of requests kproxy answered itself.
@@ -441,6 +504,19 @@ impl Collector for Metrics {
             "Requests kproxy could not give a credential to (answered 401)",
             self.credential_errors.load(Relaxed),
         )?;
+        {
+            let mut m = enc.encode_descriptor(
+                "kproxy_refusals",
+                "Requests kproxy refused itself, by rule: origin, cross_site, token (--auth-token-file), peer_uid (unix-socket connections, --allow-uid), read_only_* (--read-only)",
+                None,
+                MetricType::Counter,
+            )?;
+            for reason in RefusalReason::ALL {
+                let labels = [("reason", reason.label())];
+                m.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&self.refusals(reason), None)?;
+            }
+        }
         counter(
             &mut enc,
             "kproxy_config_reloads",
