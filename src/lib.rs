@@ -47,6 +47,7 @@ mod upstream;
 mod wire;
 
 pub use base::env;
+pub use base::fd_limit;
 pub use telemetry::logging;
 
 /// Internals the crate's own integration tests assert against; not part of the library's API.
