@@ -115,7 +115,7 @@ async fn client_values_echoed_in_answers_are_bounded() {
     let api = FakeApi::builder().start().await;
     let kp =
         Kproxy::with_kubeconfig(&kubeconfig_for(&api, "kc", ""), &["--accept-paths=^/api/"]).await;
-    let limit = kproxy::base::echo::ECHO_LIMIT;
+    let limit = kproxy::internals::ECHO_LIMIT;
     // A 300 KB Host: rejected by --accept-hosts, echoed cut.
     let host = "h".repeat(300 * 1024);
     let req = format!("GET /api/v1/pods HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
@@ -292,7 +292,7 @@ async fn short_upstream_bodies_close_the_client_connection_early() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_thousand_idle_clients_under_a_soft_limit_of_1024() {
     const CLIENTS: usize = 3000;
-    let limits = kproxy::base::fd_limit::raise_soft_to_hard().unwrap();
+    let limits = kproxy::fd_limit::raise_soft_to_hard().unwrap();
     assert!(
         limits.soft >= 2 * CLIENTS as u64 + 200,
         "this test needs a hard open-file limit above {} (have {})",

@@ -1,7 +1,7 @@
 //! A client connection's byte stream as hyper sees it, and the timer of its header-read timeout.
 //!
 //! - **Idle connections stay open.** hyper starts its header-read timeout when it starts waiting for a
-//!   request head, so an idle keep-alive connection was closed after [`super::server::HEADER_READ_TIMEOUT`],
+//!   request head, so an idle keep-alive connection was closed after [`HEADER_READ_TIMEOUT`],
 //!   racing a client that reuses it. kubectl proxy (Go's `http.Server` with no timeouts) keeps idle
 //!   connections open. Here the timeout's clock starts only once a byte of the next request has
 //!   arrived: [`HeadTimer`]'s sleeps do not run until [`ClientIo`] has read something since the sleep
@@ -22,6 +22,11 @@ use std::time::{Duration, Instant};
 
 use hyper::rt::{Sleep, Timer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// How long a client may take to send a request head, counted from its first byte, before its
+/// connection is closed (a slowloris bound). An idle keep-alive connection, with no request begun, stays
+/// open as long as the client keeps it, as with kubectl proxy (see this module's doc).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The HTTP/2 connection preface's first line (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";

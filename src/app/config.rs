@@ -63,7 +63,7 @@ pub struct Config {
     /// The bound on one upstream dial, TCP plus TLS: `upstream::dial::DIAL_TIMEOUT` (40 s); tests shorten it.
     pub dial_timeout: Duration,
     /// How long a request head may take once its first byte has arrived:
-    /// [`crate::app::server::HEADER_READ_TIMEOUT`]; tests shorten it.
+    /// [`crate::app::client_io::HEADER_READ_TIMEOUT`]; tests shorten it.
     pub header_read_timeout: Duration,
     // ---- operations (admin listener, access log, hot reload) ----
     /// `--admin-address`: where `/healthz`, `/readyz` and `/metrics` are served (`None`: nowhere).
@@ -151,7 +151,7 @@ impl Config {
             plugin_env: PluginEnv::capture(env),
             timing: Timing::default(),
             dial_timeout: crate::upstream::dial::DIAL_TIMEOUT,
-            header_read_timeout: crate::app::server::HEADER_READ_TIMEOUT,
+            header_read_timeout: crate::app::client_io::HEADER_READ_TIMEOUT,
             admin_address,
             access_log: cli.access_log,
             poll_interval: cli

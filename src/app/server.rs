@@ -33,10 +33,6 @@ pub const MAX_CONNECTIONS: usize = 4096;
 pub const MAX_HEADERS: usize = 256;
 /// Largest request head buffered; larger heads get 431.
 pub const MAX_HEAD_BYTES: usize = 1024 * 1024;
-/// How long a client may take to send a request head, counted from its first byte, before its
-/// connection is closed (a slowloris bound). An idle keep-alive connection, with no request begun, stays
-/// open as long as the client keeps it, as with kubectl proxy ([`crate::app::client_io`]).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest pause of the accept loop after a failed accept (out of file descriptors, out of
 /// memory). The pause starts at [`ACCEPT_BACKOFF_MIN`] and doubles: Go's `http.Server` uses the same
 /// 5 ms to 1 s schedule. Pending connections wait in the listen backlog meanwhile.
