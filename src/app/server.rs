@@ -45,7 +45,7 @@ pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 pub struct Timeouts {
     /// How long in-flight requests may take to finish once shutdown begins.
     pub grace: Duration,
-    /// [`HEADER_READ_TIMEOUT`], shortened by tests.
+    /// [`crate::app::client_io::HEADER_READ_TIMEOUT`], shortened by tests.
     pub header_read: Duration,
 }
 /// The listen backlog asked for: as Go does (so kubectl proxy), the kernel's `net.core.somaxconn`, to
