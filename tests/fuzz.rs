@@ -25,7 +25,7 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -33,7 +33,7 @@ impl Rng {
         z ^ (z >> 31)
     }
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
     pub fn chance(&mut self, percent: usize) -> bool {
         self.below(100) < percent
@@ -42,7 +42,7 @@ impl Rng {
         &items[self.below(items.len())]
     }
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
+        (0..n).map(|_| self.next_u64() as u8).collect()
     }
 }
 
@@ -256,7 +256,7 @@ fn request(rng: &mut Rng) -> Vec<u8> {
         // Byte-level damage anywhere.
         for _ in 0..rng.below(4) + 1 {
             let i = rng.below(out.len());
-            out[i] = rng.next() as u8;
+            out[i] = rng.next_u64() as u8;
         }
     }
     out
@@ -429,7 +429,7 @@ pub fn mutate_kubeconfig(rng: &mut Rng, base: &str) -> Vec<u8> {
             for _ in 0..rng.below(4) + 1 {
                 if !bytes.is_empty() {
                     let i = rng.below(bytes.len());
-                    bytes[i] = rng.next() as u8;
+                    bytes[i] = rng.next_u64() as u8;
                 }
             }
         }
