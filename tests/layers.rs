@@ -33,6 +33,7 @@ const ORDER: &[&str] = &[
     "telemetry::observe",
     "telemetry",
     // kube: the kubeconfig, resolved, and its TLS material.
+    "kube::kubeconfig_file",
     "kube::kubeconfig",
     "kube::tls",
     "kube",
