@@ -10,8 +10,9 @@
 //! Each folder of `src/` is a layer. A module uses only the layers above it in this list, and within a
 //! layer only the modules before it (`tests/layers.rs` fails on any other import, so no cycle can form):
 //! 1. `base`: leaves: the environment behind a trait (`env`, so tests inject it), the boxed error type
-//!    and error chains, host:port text, the `Lease` of a bounded group, and the
-//!    single-flight cell behind every shared refresh (exec plugin, OIDC, the shared dial).
+//!    and error chains, host:port text, the `Lease` of a bounded group, the
+//!    single-flight cell behind every shared refresh (exec plugin, OIDC, the shared dial), the bound on
+//!    echoed client text (`echo`) and the open-file limit (`fd_limit`).
 //! 2. `wire`: HTTP vocabulary: the response body type (allocation-free on the relay path), received
 //!    bodies, the hop-by-hop header table (RFC 9110 §7.6.1), Kubernetes `Status` bodies, and the one
 //!    way a bodyless request is sent again.
@@ -48,11 +49,13 @@ mod upstream;
 mod wire;
 
 pub use base::env;
+pub use base::fd_limit;
 pub use telemetry::logging;
 
 /// Internals the crate's own integration tests assert against; not part of the library's API.
 #[doc(hidden)]
 pub mod internals {
+    pub use crate::base::echo::ECHO_LIMIT;
     pub use crate::proxy::forward::is_bulk_read;
     pub use crate::upstream::BULK_CONNECTIONS;
 }

@@ -32,6 +32,17 @@ fn main() -> ExitCode {
         }
     };
     kproxy::logging::init(cli.verbosity, std::env::var("RUST_LOG").ok().as_deref());
+    // As every Go program (so kubectl proxy) does at start: a login shell's soft limit of 1,024 open
+    // files would otherwise cap kproxy at about a thousand client connections.
+    match kproxy::fd_limit::raise_soft_to_hard() {
+        Ok(l) => tracing::debug!(
+            "open-file limit: soft {} (was {}), hard {}",
+            l.soft,
+            l.before,
+            l.hard
+        ),
+        Err(e) => tracing::debug!(error = %e, "cannot raise the open-file limit"),
+    }
 
     let runtime = match runtime() {
         Ok(rt) => rt,

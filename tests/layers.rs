@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 /// imports allow, and `src/lib.rs` says why in its layer list.
 const ORDER: &[&str] = &[
     // base: no imports from the crate.
+    "base::echo",
     "base::env",
     "base::error",
+    "base::fd_limit",
     "base::host",
     "base::lease",
     "base::single_flight",
@@ -17,6 +19,7 @@ const ORDER: &[&str] = &[
     // wire: HTTP vocabulary.
     "wire::received",
     "wire::body",
+    "wire::client_body",
     "wire::headers",
     "wire::status",
     "wire::replay",
@@ -30,6 +33,7 @@ const ORDER: &[&str] = &[
     "telemetry::observe",
     "telemetry",
     // kube: the kubeconfig, resolved, and its TLS material.
+    "kube::kubeconfig_file",
     "kube::kubeconfig",
     "kube::tls",
     "kube",
@@ -59,6 +63,7 @@ const ORDER: &[&str] = &[
     "cli",
     "app::error",
     "app::watch",
+    "app::client_io",
     "app::config",
     "app::build",
     "app::reload",

@@ -78,6 +78,10 @@ pub fn build_router(config: &Config, lifecycle: &Lifecycle) -> Result<Arc<Router
         config.http2,
         config.keepalive,
         config.dial_timeout,
+        crate::upstream::Liveness {
+            ping_interval: config.ping_interval,
+            ping_timeout: config.ping_timeout,
+        },
         stats,
     ));
     let credentials = Credentials::new(

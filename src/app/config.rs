@@ -63,6 +63,14 @@ pub struct Config {
     pub timing: Timing,
     /// The bound on one upstream dial, TCP plus TLS: `upstream::dial::DIAL_TIMEOUT` (40 s); tests shorten it.
     pub dial_timeout: Duration,
+    /// How long a request head may take once its first byte has arrived:
+    /// [`crate::app::client_io::HEADER_READ_TIMEOUT`]; tests shorten it.
+    pub header_read_timeout: Duration,
+    /// The HTTP/2 ping interval to the API server, client-go's 30 s; with `ping_timeout`, also how long
+    /// an HTTP/1.1 request may receive nothing (the upstream's `Liveness`). Tests shorten both.
+    pub ping_interval: Duration,
+    /// How long a ping may go unanswered, client-go's 15 s.
+    pub ping_timeout: Duration,
     // ---- operations (admin listener, access log, hot reload) ----
     /// `--admin-address`: where `/healthz`, `/readyz` and `/metrics` are served (`None`: nowhere).
     pub admin_address: Option<String>,
@@ -156,6 +164,9 @@ impl Config {
             plugin_env: PluginEnv::capture(env),
             timing: Timing::default(),
             dial_timeout: crate::upstream::dial::DIAL_TIMEOUT,
+            header_read_timeout: crate::app::client_io::HEADER_READ_TIMEOUT,
+            ping_interval: crate::upstream::Liveness::CLIENT_GO.ping_interval,
+            ping_timeout: crate::upstream::Liveness::CLIENT_GO.ping_timeout,
             admin_address,
             access_log: cli.access_log,
             poll_interval: cli

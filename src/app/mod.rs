@@ -5,6 +5,7 @@
 
 mod admin;
 mod build;
+mod client_io;
 pub mod config;
 pub mod error;
 mod reload;
@@ -145,7 +146,10 @@ impl App {
             routers,
             lifecycle,
             shutdown,
-            config.shutdown_grace,
+            server::Timeouts {
+                grace: config.shutdown_grace,
+                header_read: config.header_read_timeout,
+            },
         )
         .await;
         stop.cancel();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::build::Lifecycle;
+use crate::app::client_io::ClientIo;
 use crate::app::config::Listen;
 use crate::app::error::StartupError;
 use crate::app::reload::Routers;
@@ -33,8 +34,21 @@ pub const MAX_CONNECTIONS: usize = 4096;
 pub const MAX_HEADERS: usize = 256;
 /// Largest request head buffered; larger heads get 431.
 pub const MAX_HEAD_BYTES: usize = 1024 * 1024;
-/// How long a client may take to send request headers before its connection is closed.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest pause of the accept loop after a failed accept (out of file descriptors, out of
+/// memory). The pause starts at [`ACCEPT_BACKOFF_MIN`] and doubles: Go's `http.Server` uses the same
+/// 5 ms to 1 s schedule. Pending connections wait in the listen backlog meanwhile.
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// The first pause after a failed accept.
+pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+
+/// The time bounds of [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// How long in-flight requests may take to finish once shutdown begins.
+    pub grace: Duration,
+    /// [`crate::app::client_io::HEADER_READ_TIMEOUT`], shortened by tests.
+    pub header_read: Duration,
+}
 /// The listen backlog asked for: as Go does (so kubectl proxy), the kernel's `net.core.somaxconn`, to
 /// which Linux silently caps any larger value (65,535 is Go's cap too). The standard library and mio
 /// ask for 128, and a burst of more connections than that (a controller starting its informers) sees
@@ -217,8 +231,9 @@ pub async fn serve(
     router: Arc<Routers>,
     lifecycle: Lifecycle,
     shutdown: impl Future<Output = ()>,
-    grace: Duration,
+    timeouts: Timeouts,
 ) {
+    let grace = timeouts.grace;
     let connections = TaskTracker::new();
     let drain = CancellationToken::new();
     // Fired when the grace period runs out: connections still open are dropped then, so that `serve`
@@ -226,7 +241,10 @@ pub async fn serve(
     // runtime outlives `serve`).
     let force = CancellationToken::new();
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut backoff = Duration::from_millis(5);
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    // Failed accepts in a row: the first is logged as a warning, the rest at debug level, and the
+    // recovery once, so a process at its file limit does not fill the log.
+    let mut failures: u64 = 0;
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -239,20 +257,42 @@ pub async fn serve(
         };
         match accepted {
             Ok((io, remote)) => {
-                backoff = Duration::from_millis(5);
+                if failures > 0 {
+                    tracing::warn!("accepting connections again after {failures} failed accept(s)");
+                    failures = 0;
+                }
+                backoff = ACCEPT_BACKOFF_MIN;
                 let router = router.clone();
                 let drain = drain.clone();
                 let force = force.clone();
+                let header_read = timeouts.header_read;
                 connections.spawn(async move {
-                    serve_connection(io, remote, router, drain, force).await;
+                    serve_connection(io, remote, router, drain, force, header_read).await;
                     drop(permit);
                 });
             }
+            Err(e) if is_connection_error(&e) => {
+                // That one connection went away before it was accepted: nothing to wait for.
+                tracing::debug!(error = %e, "a connection closed before it was accepted");
+            }
             Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                // Out of file descriptors and the like: pause accepting instead of spinning; the
+                // connections waiting in the backlog are taken once descriptors are free again.
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(
+                        error = %e,
+                        "accept failed; pausing accepts and retrying every {ACCEPT_BACKOFF_MIN:?} to \
+                         {ACCEPT_BACKOFF_MAX:?} (further failures are logged at debug level)"
+                    );
+                } else {
+                    tracing::debug!(error = %e, "accept failed again; retrying in {backoff:?}");
+                }
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
     }
@@ -274,6 +314,15 @@ pub async fn serve(
         force.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
     }
+}
+
+/// Errors that concern the one connection being accepted, not the listener: retried at once.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted
+    )
 }
 
 enum Io {
@@ -318,10 +367,11 @@ async fn serve_connection(
     router: Arc<Routers>,
     drain: CancellationToken,
     force: CancellationToken,
+    header_read: Duration,
 ) {
     match io {
-        Io::Tcp(s) => serve_io(s, remote, router, drain, force).await,
-        Io::Unix(s) => serve_io(s, remote, router, drain, force).await,
+        Io::Tcp(s) => serve_io(s, remote, router, drain, force, header_read).await,
+        Io::Unix(s) => serve_io(s, remote, router, drain, force, header_read).await,
     }
 }
 
@@ -331,6 +381,7 @@ async fn serve_io<S>(
     router: Arc<Routers>,
     drain: CancellationToken,
     force: CancellationToken,
+    header_read: Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -342,9 +393,10 @@ async fn serve_io<S>(
         // connection and every open watch.
         Box::pin(async move { Ok::<_, Infallible>(router.handle(req, remote).await) })
     });
+    let (stream, timer) = ClientIo::new(stream);
     let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .timer(timer)
+        .header_read_timeout(header_read)
         .max_headers(MAX_HEADERS)
         .max_buf_size(MAX_HEAD_BYTES)
         .serve_connection(TokioIo::new(stream), service)

@@ -11,9 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use kube::config::{
-    AuthInfo, AuthProviderConfig, Cluster, ExecConfig, Kubeconfig, KubeconfigError,
-};
+use kube::config::{AuthInfo, AuthProviderConfig, Cluster, ExecConfig, Kubeconfig};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::base::env::Env;
@@ -377,24 +375,21 @@ fn read_file(path: &Path, required: bool) -> Result<Option<Kubeconfig>, ConfigEr
         }
         Ok(_) => {}
     }
-    // kube makes relative paths absolute against the file's directory; make the directory absolute
+    // Relative paths are made absolute against the file's directory; make the directory absolute
     // first, as client-go does (`filepath.Abs`), so the result does not depend on the working directory.
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-    Kubeconfig::read_from(&abs).map(Some).map_err(|e| match e {
-        KubeconfigError::ReadConfig(source, _) => ConfigError::Read {
+    let bytes = std::fs::read(&abs).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    // Read as client-go reads it (first document, nameless entries, duplicate names, strict types);
+    // the message never quotes the file (a rendered snippet could show a token).
+    crate::kube::kubeconfig_file::parse(&abs, &bytes)
+        .map(Some)
+        .map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
-            source,
-        },
-        // The rendered snippet could quote a token; the location alone is enough to find the problem.
-        KubeconfigError::Parse(err) => ConfigError::Parse {
-            path: path.to_owned(),
-            message: err.without_snippet().to_string(),
-        },
-        other => ConfigError::Parse {
-            path: path.to_owned(),
-            message: other.to_string(),
-        },
-    })
+            message,
+        })
 }
 
 /// Which file first defined each user (first wins, as in the merge).
@@ -490,6 +485,13 @@ fn resolve(
     apply_overrides(&mut cluster, &mut user, &opts.overrides);
 
     let label = cluster_name.as_deref().unwrap_or("(none)");
+    let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+    if set(&cluster.certificate_authority) && set(&cluster.certificate_authority_data) {
+        // client-go's validation of the selected cluster, word for word.
+        return Err(ConfigError::Invalid(format!(
+            "certificate-authority-data and certificate-authority are both specified for {label}. certificate-authority-data will override."
+        )));
+    }
     let server = cluster
         .server
         .clone()

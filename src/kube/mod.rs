@@ -2,4 +2,5 @@
 //! context, and the rustls configuration built from it.
 
 pub mod kubeconfig;
+pub mod kubeconfig_file;
 pub mod tls;

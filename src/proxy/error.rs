@@ -44,6 +44,16 @@ pub enum ProxyError {
         /// The error chain.
         cause: String,
     },
+    /// The connection to the API server stopped delivering before the response came.
+    #[error(
+        "no answer from the API server {upstream}: {cause}; the next request uses a new connection"
+    )]
+    GatewayTimeout {
+        /// The server URL.
+        upstream: String,
+        /// The error chain.
+        cause: String,
+    },
     /// The credential for the request could not be produced.
     #[error("kproxy could not obtain credentials for the API server: {0}")]
     Credential(#[from] CredentialError),
@@ -63,6 +73,7 @@ impl ProxyError {
             ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
             ProxyError::Unreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Credential(_) => StatusCode::UNAUTHORIZED,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Refused(r) => r.status(),
@@ -79,6 +90,7 @@ impl ProxyError {
             UpstreamError::Tls(_) | UpstreamError::Refused(_) | UpstreamError::Broken(_) => {
                 ProxyError::BadGateway { upstream, cause }
             }
+            UpstreamError::Stalled(_) => ProxyError::GatewayTimeout { upstream, cause },
         }
     }
 

@@ -7,6 +7,7 @@
 //! One deliberate fix: a bracketed IPv6 Host (`[::1]:8001`) is matched both with and without its brackets,
 //! so the default `^\[::1\]$` accepts it (kubectl rejects it: kubernetes/kubernetes#77496).
 
+use crate::base::echo::bounded;
 use regex::Regex;
 
 /// kubectl's default `--accept-hosts`.
@@ -145,7 +146,8 @@ pub struct Filter {
     reject_methods: RegexList,
 }
 
-/// Why a request was turned away; its `Display` is the message of the 403 `Status`.
+/// Why a request was turned away; its `Display` is the message of the 403 `Status`. The client's
+/// path, method and host in it are cut to [`crate::base::echo::ECHO_LIMIT`] bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     /// The path matched one of `--reject-paths`.
@@ -213,20 +215,20 @@ impl Filter {
                 ""
             };
             return Err(Rejection::RejectedPath {
-                path: path.to_owned(),
+                path: bounded(path).into_owned(),
                 regex: re.as_str().to_owned(),
                 hint,
             });
         }
         if let Some(re) = self.reject_methods.find(method) {
             return Err(Rejection::RejectedMethod {
-                method: method.to_owned(),
+                method: bounded(method).into_owned(),
                 regex: re.as_str().to_owned(),
             });
         }
         if self.accept_paths.find(path).is_none() {
             return Err(Rejection::PathNotAccepted {
-                path: path.to_owned(),
+                path: bounded(path).into_owned(),
                 list: self.accept_paths.source.clone(),
             });
         }
@@ -235,7 +237,7 @@ impl Filter {
             || (bare != bracketed && self.accept_hosts.find(bare).is_some());
         if !accepted {
             return Err(Rejection::HostNotAccepted {
-                host: bracketed.to_owned(),
+                host: bounded(bracketed).into_owned(),
                 list: self.accept_hosts.source.clone(),
             });
         }

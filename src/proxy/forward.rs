@@ -19,6 +19,7 @@ use crate::proxy::error::ProxyError;
 use crate::proxy::upgrade::Upgrader;
 use crate::upstream::{Class, Lease, Upstream};
 use crate::wire::body::Body;
+use crate::wire::client_body;
 use crate::wire::headers::strip_hop_by_hop;
 use crate::wire::received::Received;
 use crate::wire::replay::Replay;
@@ -125,10 +126,24 @@ impl Proxy {
         parts.version = http::Version::HTTP_11;
         let retry =
             replay.map(|headers| Replay::new(parts.method.clone(), parts.uri.clone(), headers));
-        let upstream_req = Request::from_parts(parts, Body::upstream(body));
+        // A request body is watched so that a malformed one is answered 400, not blamed on the server.
+        let (body, body_failure) = if hyper::body::Body::is_end_stream(&body) {
+            (Body::upstream(body), None)
+        } else {
+            let (body, failure) = client_body::watched(body);
+            (body, Some(failure))
+        };
+        let upstream_req = Request::from_parts(parts, body);
         // A long-running request takes a lane, a bulk read one of the bulk connections; either place is
         // held (through the body) until the response is dropped.
-        let (mut resp, mut lease) = self.send(upstream_req, class).await?;
+        let (mut resp, mut lease) = self.send(upstream_req, class).await.map_err(|e| {
+            match body_failure.as_ref().and_then(|f| f.reason()) {
+                Some(reason) => {
+                    ProxyError::BadRequest(format!("the request body could not be read: {reason}"))
+                }
+                None => e,
+            }
+        })?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             if let Some(used) = used {
                 // Boxed: rare, and its futures (a credential refresh, a second `send`) would otherwise
@@ -137,6 +152,13 @@ impl Proxy {
             }
         }
         let (mut parts, body) = resp.into_parts();
+        // RFC 9112 §6.3: a response with both `Transfer-Encoding` and `Content-Length` is framed by the
+        // former, and the latter must be dropped; relayed, it would cut the body at its length and the
+        // response would look complete. (hyper decoded the body as chunked; hop-by-hop stripping
+        // removes `Transfer-Encoding`, and the client connection frames the body afresh.)
+        if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
         strip_hop_by_hop(&mut parts.headers);
         // The client connection is HTTP/1.1 whatever the upstream spoke.
         parts.version = http::Version::HTTP_11;

@@ -10,6 +10,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::base::echo::bounded;
 use crate::proxy::error::ProxyError;
 use crate::proxy::filter::Filter;
 use crate::proxy::forward::Proxy;
@@ -133,7 +134,7 @@ impl Router {
                 return Ok(Box::pin(files.serve(&req, &rest)).await);
             }
             (_, true) => {}
-            _ => return Err(ProxyError::NotFound(decoded.into_owned())),
+            _ => return Err(ProxyError::NotFound(bounded(&decoded).into_owned())),
         }
 
         let (forward_path, filter_path) = if self.strip_api_prefix {
@@ -166,14 +167,24 @@ impl Router {
                     .unwrap_or(""),
             };
             if let Err(rejection) = filter.check(req.method().as_str(), &filter_path, host) {
-                tracing::info!("Filter rejecting {} {} {}", req.method(), filter_path, host);
+                tracing::info!(
+                    "Filter rejecting {} {} {}",
+                    bounded(req.method().as_str()),
+                    bounded(&filter_path),
+                    bounded(host)
+                );
                 return Err(ProxyError::Filtered {
-                    method: req.method().to_string(),
-                    path: filter_path.into_owned(),
+                    method: bounded(req.method().as_str()).into_owned(),
+                    path: bounded(&filter_path).into_owned(),
                     rejection,
                 });
             }
-            tracing::debug!("Filter accepting {} {} {}", req.method(), filter_path, host);
+            tracing::debug!(
+                "Filter accepting {} {} {}",
+                bounded(req.method().as_str()),
+                bounded(&filter_path),
+                bounded(host)
+            );
         }
         let forward_path = forward_path.into_owned();
         let mut req = req;

@@ -35,6 +35,40 @@ pub const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// See [`H2_PING_INTERVAL`].
 pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How kproxy notices an upstream connection that silently stopped delivering (a NAT entry or a load
+/// balancer gone, a VPN dropped: no FIN, no RST, no bytes).
+///
+/// - HTTP/2 (the shared connection and the watch lanes): a ping every `ping_interval`, and the
+///   connection is closed when its pong does not come within `ping_timeout`, as client-go's HTTP/2
+///   health check (`ReadIdleTimeout` 30 s, `PingTimeout` 15 s). Its requests then fail (504 before a
+///   response head, a cut body after), and the next request dials a new connection.
+/// - HTTP/1.1 (the bulk pool, and every request when the server speaks only HTTP/1.1) has no ping:
+///   a request that receives nothing for [`Liveness::stall`] (the same 45 s: the longest an HTTP/2
+///   request can go without bytes before client-go gives up on its connection) is failed and its
+///   connection dropped. A response that keeps delivering bytes is never cut. Long-running requests
+///   (watches, followed logs) over HTTP/1.1 are exempt, because a quiet watch is silent by design;
+///   TCP keep-alive is all client-go has for them too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// [`H2_PING_INTERVAL`] outside tests.
+    pub ping_interval: Duration,
+    /// [`H2_PING_TIMEOUT`] outside tests.
+    pub ping_timeout: Duration,
+}
+
+impl Liveness {
+    /// client-go's bounds.
+    pub const CLIENT_GO: Liveness = Liveness {
+        ping_interval: H2_PING_INTERVAL,
+        ping_timeout: H2_PING_TIMEOUT,
+    };
+
+    /// How long an HTTP/1.1 request may receive nothing before its connection is taken for dead.
+    pub fn stall(&self) -> Duration {
+        self.ping_interval + self.ping_timeout
+    }
+}
+
 /// `dial` (a connector's future), failed after `limit` ([`DIAL_TIMEOUT`] outside tests). Every upstream
 /// dial goes through it.
 pub(crate) async fn bounded_dial<T, F>(limit: Duration, dial: F) -> Result<T, BoxError>

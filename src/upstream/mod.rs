@@ -50,6 +50,7 @@ pub use crate::base::lease::Lease;
 use crate::kube::tls::TlsState;
 use crate::telemetry::metrics::UpstreamStats;
 use crate::wire::received::Received;
+pub use dial::Liveness;
 use dial::{bounded_dial, egress, https, Dialler};
 use egress::{EgressConnector, EgressStream, Route};
 use lanes::StreamLanes;
@@ -97,11 +98,17 @@ pub enum UpstreamError {
     /// The connection failed after it was made: a reset, a protocol error.
     #[error(transparent)]
     Broken(SendError),
+    /// The connection silently stopped delivering before the response head came
+    /// ([`dial::Liveness`]).
+    #[error(transparent)]
+    Stalled(SendError),
 }
 
 impl UpstreamError {
     fn classify(err: SendError) -> Self {
-        if err.is_refused() {
+        if matches!(err, SendError::Stalled(_)) {
+            UpstreamError::Stalled(err)
+        } else if err.is_refused() {
             UpstreamError::Refused(err)
         } else if is_tls_error(&err) {
             UpstreamError::Tls(err)
@@ -171,6 +178,8 @@ pub struct Upstream {
     upgrade_keepalive: Option<Duration>,
     /// The bound on each dial: [`DIAL_TIMEOUT`] outside tests.
     dial_timeout: Duration,
+    /// How dead connections are noticed: [`Liveness::CLIENT_GO`] outside tests.
+    liveness: Liveness,
     /// Where the pools count their connections (metrics).
     stats: Arc<UpstreamStats>,
     current: RwLock<Arc<Connectors>>,
@@ -189,6 +198,7 @@ impl Upstream {
         http2: bool,
         upgrade_keepalive: Option<Duration>,
         dial_timeout: Duration,
+        liveness: Liveness,
         stats: Arc<UpstreamStats>,
     ) -> Self {
         let route = Arc::new(route);
@@ -198,7 +208,7 @@ impl Upstream {
             &route,
             http2,
             upgrade_keepalive,
-            dial_timeout,
+            (dial_timeout, liveness),
             &stats,
             generation,
         );
@@ -208,6 +218,7 @@ impl Upstream {
             http2,
             upgrade_keepalive,
             dial_timeout,
+            liveness,
             stats,
             current: RwLock::new(Arc::new(current)),
             rebuild: Mutex::new(()),
@@ -232,12 +243,7 @@ impl Upstream {
             // Past BULK_CONNECTIONS bulk reads in flight, the next shares the HTTP/2 connection.
             Class::Bulk => match self.bulk_slot() {
                 Some(lease) => (
-                    connectors
-                        .bulk
-                        .request(req)
-                        .await
-                        .map(|r| r.map(Received::Hyper))
-                        .map_err(SendError::from),
+                    shared::http1_request(&connectors.bulk, req, Some(self.liveness.stall())).await,
                     Some(lease),
                 ),
                 None => (connectors.client.request(req).await, None),
@@ -290,7 +296,7 @@ impl Upstream {
             &self.route,
             self.http2,
             self.upgrade_keepalive,
-            self.dial_timeout,
+            (self.dial_timeout, self.liveness),
             &self.stats,
             generation,
         ));
@@ -305,7 +311,7 @@ fn build(
     route: &Arc<Route>,
     http2: bool,
     upgrade_keepalive: Option<Duration>,
-    dial_timeout: Duration,
+    (dial_timeout, liveness): (Duration, Liveness),
     stats: &Arc<UpstreamStats>,
     generation: u64,
 ) -> Connectors {
@@ -323,6 +329,8 @@ fn build(
         dial.connector(false),
         http2,
         dial_timeout,
+        liveness,
+        false,
     );
     // Bulk reads: the ordinary connection's HTTP/1.1 pool, one connection per concurrent read.
     let bulk = client.http1().clone();
@@ -333,6 +341,8 @@ fn build(
             dial.connector(false),
             http2,
             dial_timeout,
+            liveness,
+            true,
         )
     });
     // Upgrades speak HTTP/1.1 over a dedicated connection, with the same TLS material and route.

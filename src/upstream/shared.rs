@@ -44,11 +44,10 @@ use tower::ServiceExt as _;
 use crate::base::error::BoxError;
 use crate::base::single_flight::{Begin, SingleFlight};
 use crate::upstream::dial::{
-    bounded_dial, Connector, H2_PING_INTERVAL, H2_PING_TIMEOUT, POOL_IDLE_TIMEOUT,
-    POOL_MAX_IDLE_PER_HOST,
+    bounded_dial, Connector, Liveness, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_HOST,
 };
 use crate::wire::body::Body;
-use crate::wire::received::{H2Body, Received};
+use crate::wire::received::{H2Body, Received, Stalled, Watched};
 use crate::wire::replay::Replay;
 
 /// HTTP/2 receive window per stream: what one response may have in flight unread. hyper's fixed
@@ -138,6 +137,9 @@ pub enum SendError {
     /// An error from the HTTP/1.1 pool.
     #[error(transparent)]
     Pooled(#[from] hyper_util::client::legacy::Error),
+    /// The connection stopped delivering before the response head came (see [`Liveness`]).
+    #[error(transparent)]
+    Stalled(#[from] Stalled),
 }
 
 impl SendError {
@@ -151,7 +153,7 @@ impl SendError {
         match self {
             SendError::Connect(_) | SendError::Tunnel(_) => true,
             SendError::Pooled(e) => e.is_connect(),
-            SendError::Http2(_) => false,
+            SendError::Http2(_) | SendError::Stalled(_) => false,
         }
     }
 }
@@ -162,6 +164,11 @@ pub struct Shared {
     connector: Connector,
     /// The bound on each dial ([`bounded_dial`]).
     dial_timeout: Duration,
+    /// How a dead connection is noticed: HTTP/2 pings, and for HTTP/1.1 requests the stall bound.
+    liveness: Liveness,
+    /// Whether this carries long-running requests (a lane): then HTTP/1.1 requests are not failed for
+    /// silence, which is how a quiet watch looks.
+    long_running: bool,
     builder: h2::client::Builder,
     /// Requests go here when the server chose HTTP/1.1, or when HTTP/2 is off.
     http1: UpstreamClient,
@@ -186,6 +193,8 @@ enum State {
         sender: h2::client::SendRequest<Bytes>,
         /// Set when the connection task ends.
         closed: Arc<AtomicBool>,
+        /// Set when the connection was closed because a ping went unanswered.
+        stalled: Arc<AtomicBool>,
         /// When the last request was sent on it.
         used: Instant,
     },
@@ -197,6 +206,7 @@ enum Route {
     Http2 {
         id: u64,
         sender: h2::client::SendRequest<Bytes>,
+        stalled: Arc<AtomicBool>,
     },
     Http1,
 }
@@ -209,6 +219,8 @@ impl Shared {
         http1: Connector,
         http2: bool,
         dial_timeout: Duration,
+        liveness: Liveness,
+        long_running: bool,
     ) -> Self {
         let handoff = Handoff::new(http1, dial_timeout);
         let http1 = pooled_client(handoff.clone());
@@ -225,6 +237,8 @@ impl Shared {
         Self {
             connector,
             dial_timeout,
+            liveness,
+            long_running,
             builder,
             http1,
             handoff,
@@ -296,24 +310,28 @@ impl Shared {
         used: &mut Option<u64>,
     ) -> Result<Response<Received>, SendError> {
         let mut retried = false;
-        let mut sender = loop {
+        let sender = loop {
             let route = match self.route() {
                 Some(route) => route,
                 // Boxed: once per connection, and the dial's future (TLS connector, timeout, 3.7 KB)
                 // would otherwise be carried, and copied, by every request's future.
                 None => Box::pin(self.dial(req.uri())).await?,
             };
-            let (id, sender) = match route {
-                Route::Http2 { id, sender } => (id, sender),
+            let (id, sender, stalled) = match route {
+                Route::Http2 {
+                    id,
+                    sender,
+                    stalled,
+                } => (id, sender, stalled),
                 Route::Http1 => {
-                    let resp = self.http1.request(req).await?;
-                    return Ok(resp.map(Received::Hyper));
+                    let stall = (!self.long_running).then(|| self.liveness.stall());
+                    return http1_request(&self.http1, req, stall).await;
                 }
             };
             match sender.ready().await {
                 Ok(sender) => {
                     *used = Some(id);
-                    break sender;
+                    break (sender, stalled);
                 }
                 Err(_) if !retried => {
                     self.retire(id);
@@ -322,7 +340,15 @@ impl Shared {
                 Err(e) => return Err(SendError::Http2(e)),
             }
         };
-        let resp = send(&mut sender, req).await?;
+        let (mut sender, stalled) = sender;
+        let resp = send(&mut sender, req).await.map_err(|e| {
+            // The connection was closed for an unanswered ping: say so, rather than "broken pipe".
+            if stalled.load(Ordering::Acquire) {
+                SendError::Stalled(Stalled(self.liveness.stall()))
+            } else {
+                e
+            }
+        })?;
         // A response means the server's SETTINGS, its first frame, have been applied, so the limit
         // read now is the server's (before, it may still be the initial 100).
         let limit = sender.current_max_send_streams().max(1);
@@ -359,6 +385,7 @@ impl Shared {
                 id,
                 sender,
                 closed,
+                stalled,
                 used,
             } if !closed.load(Ordering::Acquire) => {
                 let now = Instant::now();
@@ -370,6 +397,7 @@ impl Shared {
                 Some(Route::Http2 {
                     id: *id,
                     sender: sender.clone(),
+                    stalled: stalled.clone(),
                 })
             }
             State::Http1 => Some(Route::Http1),
@@ -435,16 +463,28 @@ impl Shared {
             .await
             .map_err(SendError::Http2)?;
         let closed = Arc::new(AtomicBool::new(false));
+        let stalled = Arc::new(AtomicBool::new(false));
         let pings = connection.ping_pong();
-        tokio::spawn(drive(connection, pings, closed.clone()));
+        tokio::spawn(drive(
+            connection,
+            pings,
+            closed.clone(),
+            stalled.clone(),
+            self.liveness,
+        ));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Ready {
             id,
             sender: sender.clone(),
             closed,
+            stalled: stalled.clone(),
             used: Instant::now(),
         };
-        Ok(Route::Http2 { id, sender })
+        Ok(Route::Http2 {
+            id,
+            sender,
+            stalled,
+        })
     }
 }
 
@@ -507,6 +547,29 @@ async fn send(
     Ok(Response::from_parts(parts, Received::Http2(body)))
 }
 
+/// Sends `req` over the HTTP/1.1 pool. With `stall` (requests other than long-running ones), a
+/// request without a body that receives no response head within `stall`, or a response body that then
+/// receives nothing for `stall`, fails: the connection has stopped delivering ([`Liveness`]), and
+/// dropping the request closes it. Requests with a body are not bounded before their head (a slow
+/// upload is not a dead connection); their response body is.
+pub(crate) async fn http1_request(
+    client: &UpstreamClient,
+    req: Request<Body>,
+    stall: Option<Duration>,
+) -> Result<Response<Received>, SendError> {
+    let Some(stall) = stall else {
+        return Ok(client.request(req).await?.map(Received::Hyper));
+    };
+    let resp = if req.body().is_end_stream() {
+        tokio::time::timeout(stall, client.request(req))
+            .await
+            .map_err(|_| Stalled(stall))??
+    } else {
+        client.request(req).await?
+    };
+    Ok(resp.map(|body| Received::Watched(Watched::new(body, stall))))
+}
+
 /// Copies a request body into its stream, sending each chunk as the peer's window allows.
 async fn pipe(mut body: Body, mut stream: h2::SendStream<Bytes>) {
     use http_body_util::BodyExt as _;
@@ -553,13 +616,17 @@ async fn pipe(mut body: Body, mut stream: h2::SendStream<Bytes>) {
     }
 }
 
-/// Runs an HTTP/2 connection until it ends, pinging the server every [`H2_PING_INTERVAL`] and closing
-/// the connection when a pong does not come within [`H2_PING_TIMEOUT`] (client-go's health check: a
-/// connection to a vanished server fails its requests instead of hanging them).
+/// Runs an HTTP/2 connection until it ends, pinging the server every `ping_interval` and closing
+/// the connection when a pong does not come within `ping_timeout` (client-go's health check: a
+/// connection to a vanished server fails its requests instead of hanging them; see [`Liveness`]).
+/// Dropping the connection fails its open streams: requests waiting for a head get an error, bodies
+/// being relayed are cut.
 async fn drive<T>(
     connection: h2::client::Connection<T, Bytes>,
     pings: Option<h2::PingPong>,
     closed: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
+    liveness: Liveness,
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -571,14 +638,15 @@ async fn drive<T>(
         loop {
             tokio::select! {
                 r = connection.as_mut() => return r,
-                _ = tokio::time::sleep(H2_PING_INTERVAL) => {}
+                _ = tokio::time::sleep(liveness.ping_interval) => {}
             }
-            let pong = tokio::time::timeout(H2_PING_TIMEOUT, pings.ping(h2::Ping::opaque()));
+            let pong = tokio::time::timeout(liveness.ping_timeout, pings.ping(h2::Ping::opaque()));
             tokio::select! {
                 r = connection.as_mut() => return r,
                 answered = pong => {
                     if !matches!(answered, Ok(Ok(_))) {
                         tracing::debug!("upstream HTTP/2 connection did not answer a ping: closing it");
+                        stalled.store(true, Ordering::Release);
                         return Ok(());
                     }
                 }

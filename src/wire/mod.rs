@@ -2,6 +2,7 @@
 //! header table and Kubernetes `Status` bodies.
 
 pub mod body;
+pub mod client_body;
 pub mod headers;
 pub mod received;
 pub mod replay;

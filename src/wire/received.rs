@@ -18,7 +18,37 @@ pub enum Received {
     Hyper(Incoming),
     /// From an HTTP/2 stream.
     Http2(H2Body),
+    /// Received by hyper on an HTTP/1.1 connection with no other liveness check: failed when nothing
+    /// arrives for a while (see [`Watched`]).
+    Watched(Watched),
 }
+
+/// An HTTP/1.1 response body that fails with [`Stalled`] when no frame arrives for `stall`: the
+/// connection has silently stopped delivering. A body that keeps delivering is never cut. The cost is
+/// one clock read per frame and one timer per wait for data.
+pub struct Watched {
+    inner: Incoming,
+    stall: std::time::Duration,
+    last: tokio::time::Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Watched {
+    /// Watches `inner`, counting from now.
+    pub fn new(inner: Incoming, stall: std::time::Duration) -> Self {
+        Self {
+            inner,
+            stall,
+            last: tokio::time::Instant::now(),
+            timer: None,
+        }
+    }
+}
+
+/// Nothing arrived from the API server for this long: the connection stopped delivering.
+#[derive(Debug, thiserror::Error)]
+#[error("the API server's connection delivered nothing for {0:?}; kproxy dropped it as dead")]
+pub struct Stalled(pub std::time::Duration);
 
 impl From<Incoming> for Received {
     fn from(body: Incoming) -> Self {
@@ -67,6 +97,26 @@ impl http_body::Body for Received {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Received::Hyper(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            Received::Watched(w) => match Pin::new(&mut w.inner).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    w.last = tokio::time::Instant::now();
+                    Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                }
+                Poll::Pending => {
+                    use std::future::Future as _;
+                    let deadline = w.last + w.stall;
+                    let timer = w
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    match timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(w.stall))))),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+            },
             Received::Http2(b) => {
                 if !b.data_done {
                     match std::task::ready!(b.recv.poll_data(cx)) {
@@ -93,6 +143,7 @@ impl http_body::Body for Received {
     fn is_end_stream(&self) -> bool {
         match self {
             Received::Hyper(inner) => inner.is_end_stream(),
+            Received::Watched(w) => w.inner.is_end_stream(),
             Received::Http2(b) => b.recv.is_end_stream(),
         }
     }
@@ -100,6 +151,7 @@ impl http_body::Body for Received {
     fn size_hint(&self) -> SizeHint {
         match self {
             Received::Hyper(inner) => inner.size_hint(),
+            Received::Watched(w) => w.inner.size_hint(),
             Received::Http2(b) => match b.remaining {
                 Some(n) => SizeHint::with_exact(n),
                 None => SizeHint::default(),
