@@ -5,8 +5,11 @@
 
 mod admin;
 mod build;
+pub mod client_config;
+pub mod clusters;
 pub mod config;
 pub mod error;
+pub mod exec;
 mod reload;
 mod server;
 mod watch;
@@ -22,11 +25,23 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::build::Lifecycle;
+use crate::app::clusters::ClusterSet;
 use crate::app::config::Config;
 use crate::app::error::StartupError;
 use crate::app::reload::Routers;
 
 use crate::proxy::router::Router;
+
+/// `kproxy kubeconfig`: the kubeconfig [`App::client_kubeconfig`] would give for `config`, without
+/// building or binding anything (the proxy it points at may be running already).
+pub fn client_kubeconfig(config: &Config) -> Result<String, StartupError> {
+    let url = client_config::url_from_config(config)?;
+    let clusters = ClusterSet::resolve(config, &Lifecycle::default())?;
+    Ok(client_config::render(&url, config, clusters.as_deref()))
+}
+
+/// What [`App::router`] builds.
+type Built = (Lifecycle, Arc<Router>, Option<Arc<ClusterSet>>);
 
 /// kproxy, built and bound, ready to serve.
 pub struct App {
@@ -38,6 +53,8 @@ pub struct App {
     hangup: Option<Signal>,
     lifecycle: Lifecycle,
     router: Arc<Router>,
+    /// The contexts served under `/clusters/`, if any.
+    clusters: Option<Arc<ClusterSet>>,
 }
 
 impl App {
@@ -48,28 +65,30 @@ impl App {
     /// failure exits 1, and a SIGHUP that arrived before its handler was registered would terminate
     /// the process.
     pub async fn build(config: Config) -> Result<App, StartupError> {
-        let (lifecycle, router) = Self::router(&config)?;
+        let built = Self::router(&config)?;
         let listener = Listener::bind(&config.listen).await?;
-        Self::assemble(config, listener, lifecycle, router).await
+        Self::assemble(config, listener, built).await
     }
 
     /// [`App::build`] on a listener the caller has bound already (`config.listen` is not used).
     pub async fn with_listener(config: Config, listener: Listener) -> Result<App, StartupError> {
-        let (lifecycle, router) = Self::router(&config)?;
-        Self::assemble(config, listener, lifecycle, router).await
+        let built = Self::router(&config)?;
+        Self::assemble(config, listener, built).await
     }
 
-    fn router(config: &Config) -> Result<(Lifecycle, Arc<Router>), StartupError> {
+    /// The lifecycle, the default router and the `/clusters/` contexts (resolved; each context's
+    /// router is built on its first request).
+    fn router(config: &Config) -> Result<Built, StartupError> {
         let lifecycle = Lifecycle::new(config);
         let router = build::build_router(config, &lifecycle)?;
-        Ok((lifecycle, router))
+        let clusters = ClusterSet::resolve(config, &lifecycle)?;
+        Ok((lifecycle, router, clusters))
     }
 
     async fn assemble(
         config: Config,
         listener: Listener,
-        lifecycle: Lifecycle,
-        router: Arc<Router>,
+        (lifecycle, router, clusters): Built,
     ) -> Result<App, StartupError> {
         let admin = match &config.admin_address {
             Some(address) => Some(admin::bind(address).await?),
@@ -89,6 +108,7 @@ impl App {
             hangup,
             lifecycle,
             router,
+            clusters,
         })
     }
 
@@ -100,6 +120,22 @@ impl App {
     /// The proxy's TCP address, when it listens on TCP.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The URL clients reach the proxy at (`http://127.0.0.1:PORT`), when it listens on TCP.
+    pub fn url(&self) -> Option<String> {
+        self.local_addr().map(client_config::url_for)
+    }
+
+    /// A kubeconfig (no credentials) with one context per proxied context, each pointing at this
+    /// proxy, when it listens on TCP.
+    pub fn client_kubeconfig(&self) -> Option<String> {
+        let url = self.url()?;
+        Some(client_config::render(
+            &url,
+            &self.config,
+            self.clusters.as_deref(),
+        ))
     }
 
     /// The admin listener's address, when there is one.
@@ -117,8 +153,9 @@ impl App {
             hangup,
             lifecycle,
             router,
+            clusters,
         } = self;
-        let routers = Arc::new(Routers::new(router, &lifecycle));
+        let routers = Arc::new(Routers::new(router, clusters, &lifecycle));
         // Fired once the proxy has drained: the admin listener keeps answering (readyz: "shutting
         // down") during the drain.
         let stop = CancellationToken::new();
