@@ -54,7 +54,24 @@ struct Bed {
 }
 
 async fn bed(extra: &[&str]) -> Bed {
-    let a = FakeApi::builder().start().await;
+    // The service proxy's redirect of `…/proxy` to `…/proxy/`, and one to elsewhere.
+    let a = FakeApi::builder()
+        .route("/api/v1/namespaces/x/services/s/proxy", |_, _| async {
+            http::Response::builder()
+                .status(301)
+                .header("location", "/api/v1/namespaces/x/services/s/proxy/?q=1")
+                .body(full(""))
+                .unwrap()
+        })
+        .route("/elsewhere", |_, _| async {
+            http::Response::builder()
+                .status(302)
+                .header("location", "/apiary/x")
+                .body(full(""))
+                .unwrap()
+        })
+        .start()
+        .await;
     let (builder, b_tunnels) = echo_routes(FakeApi::builder());
     let b = builder.start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -193,6 +210,33 @@ async fn clusters_lists_the_keys_behind_the_same_guards() {
     assert_eq!(status, 301);
     assert_eq!(headers["location"], "/clusters/down/api");
     assert_eq!((bed.a.count(), bed.b.count()), (a_before, b_before));
+    bed.kp.stop().await;
+}
+
+#[tokio::test]
+async fn locations_into_the_api_keep_the_prefix() {
+    let bed = bed(&["--all-contexts"]).await;
+    let kp = &bed.kp;
+    let (status, headers, _) = get(&format!(
+        "{}/clusters/a/api/v1/namespaces/x/services/s/proxy",
+        kp.url
+    ))
+    .await;
+    assert_eq!(status, 301);
+    assert_eq!(
+        headers["location"],
+        "/clusters/a/api/v1/namespaces/x/services/s/proxy/?q=1"
+    );
+    // Only the API's own paths: anything else is relayed as sent.
+    let (status, headers, _) = get(&format!("{}/clusters/a/elsewhere", kp.url)).await;
+    assert_eq!(status, 302);
+    assert_eq!(headers["location"], "/apiary/x");
+    // At `/`, nothing changes.
+    let (_, headers, _) = get(&format!("{}/api/v1/namespaces/x/services/s/proxy", kp.url)).await;
+    assert_eq!(
+        headers["location"],
+        "/api/v1/namespaces/x/services/s/proxy/?q=1"
+    );
     bed.kp.stop().await;
 }
 

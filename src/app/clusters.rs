@@ -8,6 +8,9 @@
 //! name's allowed characters, runs of others as `-`, cut to fit, plus `-` and 8 hex digits of a hash
 //! of the name), unless `--cluster-alias KEY=CONTEXT` names one.
 //!
+//! A `Location` the API server sends that points at `/api/…` or `/apis/…` is rewritten to keep the
+//! prefix.
+//!
 //! The override flags (`--server`, `--token`, `--as`, …) apply to `/` only; each `/clusters/<key>/`
 //! uses its context as the kubeconfig writes it.
 
@@ -281,7 +284,12 @@ impl ClusterSet {
         };
         match entry.router(&self.lifecycle).await {
             Ok((router, stats)) => {
-                observe::handle(telemetry, stats, req, |req| router.handle(req, remote)).await
+                observe::handle(telemetry, stats, req, |req| async {
+                    let mut resp = router.handle(req, remote).await;
+                    keep_prefix(&mut resp, &entry.key);
+                    resp
+                })
+                .await
             }
             Err(message) => {
                 let answer = status::response(
@@ -339,6 +347,28 @@ impl ClusterSet {
             HeaderValue::from_static("no-cache, private"),
         );
         resp
+    }
+}
+
+/// Rewrites a `Location` that points at the API without the prefix (`/api/…`, `/apis/…`: the API
+/// server's service proxy redirects `…/proxy` to `…/proxy/` so) to keep it: `/clusters/<key>/api/…`.
+fn keep_prefix(resp: &mut Response<Body>, key: &str) {
+    let Some(location) = resp.headers().get(header::LOCATION) else {
+        return;
+    };
+    let Ok(location) = location.to_str() else {
+        return;
+    };
+    let api = ["/api", "/apis"].iter().any(|p| {
+        location
+            .strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+    });
+    if !api {
+        return;
+    }
+    if let Ok(v) = HeaderValue::try_from(format!("{PREFIX}/{key}{location}")) {
+        resp.headers_mut().insert(header::LOCATION, v);
     }
 }
 
