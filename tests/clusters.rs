@@ -333,6 +333,14 @@ async fn contexts_and_aliases_are_validated_at_startup() {
             vec!["--contexts=a,down", "--cluster-alias=a=down"],
             "both get the key \"a\"",
         ),
+        (
+            vec!["--contexts=a", "--api-prefix=/clusters/x"],
+            "another --api-prefix",
+        ),
+        (
+            vec!["--contexts=a", "--www=/tmp", "--www-prefix=/clusters/"],
+            "another --api-prefix or --www-prefix",
+        ),
     ] {
         let mut all = vec![kc_flag.as_str()];
         all.extend(args.iter().copied());

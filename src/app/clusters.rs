@@ -156,6 +156,12 @@ impl ClusterSet {
         let Some(selection) = &config.contexts else {
             return Ok(None);
         };
+        let own = |prefix: &str| is_prefixed(prefix.trim_end_matches('/'));
+        if own(&config.api_prefix) || config.www.as_ref().is_some_and(|(_, p)| own(p)) {
+            return Err(StartupError::Usage(format!(
+                "{PREFIX}/ is where --all-contexts and --contexts serve the contexts: choose another --api-prefix or --www-prefix"
+            )));
+        }
         let (all, current) = kubeconfig::contexts(&config.load, &*config.env)?;
         let chosen: Vec<kubeconfig::ContextEntry> = if selection.all {
             if all.is_empty() {
