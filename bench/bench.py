@@ -144,8 +144,23 @@ def make_fixtures(tmp, token):
     with open(os.path.join(www, "api/v1/namespaces/bench/blob"), "wb") as f:
         f.truncate(100_000_000)
 
-    def kubeconfig(name, port):
+    def kubeconfig(name, port, extra_contexts=0):
+        """`extra_contexts` more contexts (`ctx-01`, ...), each with a cluster and user of its own, for
+        `--all-contexts` (the `clusters` target)."""
         path = os.path.join(tmp, name)
+        extra = range(1, extra_contexts + 1)
+        clusters = "".join(f"""- name: c{i:02}
+  cluster:
+    server: https://127.0.0.1:{port}
+    certificate-authority: {tmp}/ca.crt
+""" for i in extra)
+        users = "".join(f"""- name: u{i:02}
+  user:
+    token: {token}
+""" for i in extra)
+        contexts = "".join(f"""- name: ctx-{i:02}
+  context: {{cluster: c{i:02}, user: u{i:02}}}
+""" for i in extra)
         with open(path, "w") as f:
             f.write(f"""apiVersion: v1
 kind: Config
@@ -154,14 +169,14 @@ clusters:
   cluster:
     server: https://127.0.0.1:{port}
     certificate-authority: {tmp}/ca.crt
-users:
+{clusters}users:
 - name: bench
   user:
     token: {token}
-contexts:
+{users}contexts:
 - name: bench
   context: {{cluster: bench, user: bench}}
-current-context: bench
+{contexts}current-context: bench
 """)
         return path
 
@@ -394,6 +409,8 @@ class Bench:
         self.nginx = self.spawn(["nginx", "-c", conf, "-e", f"{self.tmp}/nginx-error.log"],
                                 self.a.server_cpu, stdout=subprocess.DEVNULL)
         self.kubeconfig = kubeconfig("kubeconfig", self.nginx_port)
+        # The `clusters` target: 20 contexts, requests to one of them under its prefix.
+        self.kubeconfig_many = kubeconfig("kubeconfig-many", self.nginx_port, extra_contexts=19)
         with open(os.path.join(self.tmp, "report.lua"), "w") as f:
             f.write(WRK_LUA)
         # nginx answers once it is up; wait for it (bounded).
@@ -427,8 +444,11 @@ class Bench:
 
     def start_proxy(self, target, kubeconfig):
         """Starts a proxy; returns (process, port, seconds from exec to the startup line)."""
-        binary = self.kproxy if target == "kproxy" else self.kubectl
+        binary = self.kubectl if target == "kubectl" else self.kproxy
         cmd = [binary, "proxy"] if target == "kubectl" else [binary]
+        if target == "clusters":
+            kubeconfig = self.kubeconfig_many
+            cmd += ["--all-contexts"]
         cmd += ["--kubeconfig", kubeconfig, "--port=0"]
         env = dict(os.environ)
         env.pop("KUBECONFIG", None)
@@ -446,6 +466,8 @@ class Bench:
     def base_url(self, target, port):
         if target == "direct":
             return f"https://127.0.0.1:{self.nginx_port}", ["-H", f"Authorization: Bearer {self.token}"]
+        if target == "clusters":
+            return f"http://127.0.0.1:{port}/clusters/bench", []
         return f"http://127.0.0.1:{port}", []
 
     def wrk(self, url, headers, conns, seconds):
@@ -568,7 +590,7 @@ class Bench:
         for target in ("kubectl", "kproxy"):  # warm caches, first-run effects
             p, _, _ = self.start_proxy(target, self.kubeconfig)
             stop(p)
-        order = ["direct", "kubectl", "nginx", "kproxy"]
+        order = ["direct", "kubectl", "nginx", "kproxy", "clusters"]
         for rnd in range(1, a.rounds + 1):
             if time.time() - started > a.max_seconds:
                 log("time budget spent; stopping early")
@@ -771,6 +793,26 @@ def table(s):
     return "\n".join(lines)
 
 
+def clusters_table(s):
+    """kproxy with 20 contexts (`--all-contexts`), requests to one under `/clusters/bench/`, against
+    kproxy serving that context at `/`."""
+    rows = [["figure (20 contexts, 1 used)", "kproxy at /", "kproxy at /clusters/bench/", "difference"]]
+    for key, label, _, digits in METRICS:
+        k = s.get("kproxy", {}).get(key)
+        c = s.get("clusters", {}).get(key)
+        if k is None or c is None:
+            continue
+        diff = c["median"] - k["median"]
+        rows.append([label, fmt(k, digits), fmt(c, digits), f"{diff:+,.{max(digits, 1)}f}"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, r in enumerate(rows):
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
+        if n == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
 def kubectl_version(kubectl):
     try:
         out = run([kubectl, "version", "--client", "-o", "json"], 10).stdout
@@ -818,6 +860,9 @@ def main_run(args):
     print()
     print(table(s))
     print()
+    if "clusters" in s:
+        print(clusters_table(s))
+        print()
     for c in checks:
         mark = {True: "met   ", False: "MISSED", None: "n/a   "}[c["met"]]
         print(f"  {mark} {c['target']}: {c['value']}")
@@ -838,8 +883,9 @@ def main():
     r.add_argument("--max-seconds", type=int, default=540, help="stop starting new rounds after this")
     r.add_argument("--kproxy", default=os.path.join(REPO, "target/release/kproxy"))
     r.add_argument("--kubectl", default="kubectl")
-    r.add_argument("--targets", default="direct,kubectl,nginx,kproxy", type=lambda s: s.split(","),
-                   help="nginx: nginx as a reverse proxy in kproxy's place, the peer for calibration")
+    r.add_argument("--targets", default="direct,kubectl,nginx,kproxy,clusters", type=lambda s: s.split(","),
+                   help="nginx: nginx as a reverse proxy in kproxy's place, the peer for calibration; "
+                        "clusters: kproxy --all-contexts with 20 contexts, requests under /clusters/bench/")
     r.add_argument("--token-bytes", type=int, default=32,
                    help="length of the bearer token (real ones are about 1,000)")
     r.add_argument("--json", default=os.path.join(HERE, "results/latest.json"))

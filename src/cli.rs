@@ -198,6 +198,38 @@ pub struct Cli {
     #[arg(long = "config-poll-interval", default_value = "2s", value_parser = parse_go_duration)]
     pub config_poll_interval: GoDuration,
 
+    // ---- kproxy: many contexts and scripting (README "Many clusters, one port") ----
+    /// kproxy: also serve every kubeconfig context at /clusters/<key>/ (GET /clusters lists the keys);
+    /// / keeps serving the current (or --context) context.
+    #[arg(long = "all-contexts", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub all_contexts: bool,
+
+    /// kproxy: also serve these kubeconfig contexts (comma-separated) at /clusters/<key>/.
+    #[arg(long = "contexts", value_delimiter = ',')]
+    pub contexts: Vec<String>,
+
+    /// kproxy: serve context CONTEXT at /clusters/KEY/ instead of its default key (repeatable).
+    #[arg(long = "cluster-alias", value_name = "KEY=CONTEXT")]
+    pub cluster_alias: Vec<String>,
+
+    /// kproxy: once serving, write a kubeconfig (0600, no credentials) with one context per proxied
+    /// context, each pointing at this proxy. `kproxy kubeconfig [FLAGS]` prints it instead of serving.
+    #[arg(long = "write-kubeconfig", value_name = "FILE")]
+    pub write_kubeconfig: Option<PathBuf>,
+
+    /// kproxy: once serving, write the proxy's URL to this file (atomically); removed at exit.
+    #[arg(long = "ready-file", value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+
+    /// kproxy: run `-- CMD [ARGS]` against the proxy (on a free port unless --port is given) with
+    /// KUBECONFIG and KPROXY_URL set, then exit with its status.
+    #[arg(long = "exec", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub exec: bool,
+
+    /// The command --exec runs, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+
     // ---- kproxy access control (issue 13, docs/security.md) ----
     #[command(flatten)]
     #[allow(missing_docs)]

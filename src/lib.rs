@@ -33,8 +33,10 @@
 //!    `upgrade` (WebSocket/SPDY tunnels), and `error`, mapped once to `Status` answers.
 //! 8. [`cli`]: every `kubectl proxy` flag with kubectl's names and defaults, plus kproxy's own.
 //! 9. [`app`]: the composition root: validated [`Config`], startup errors and exit codes, building
-//!    the router, hot reload (`reload`, polling the files `watch` names), the listener and drain
-//!    (`server`), the admin listener (`admin`: `/healthz`, `/readyz`, `/metrics`), and [`App`].
+//!    the router, the contexts served at `/clusters/<key>/` (`clusters`, each built on first use by the
+//!    same `build_router`), the kubeconfig written for clients (`client_config`), hot reload (`reload`,
+//!    polling the files `watch` names), the listener and drain (`server`), the admin listener (`admin`:
+//!    `/healthz`, `/readyz`, `/metrics`), [`App`], and `exec` (`--exec`), which runs an [`App`].
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, missing_docs)]
 

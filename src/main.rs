@@ -20,7 +20,13 @@ use kproxy::{App, Config};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // `kproxy kubeconfig [FLAGS]`: print the kubeconfig the proxy those flags start would give.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let print_kubeconfig = args.get(1).is_some_and(|a| a == "kubeconfig");
+    if print_kubeconfig {
+        args.remove(1);
+    }
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
@@ -51,22 +57,80 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut cli = cli;
+    if cli.exec == cli.command.is_empty() {
+        eprintln!(
+            "error: {}",
+            if cli.exec {
+                "--exec needs a command after `--`: e.g. kproxy --exec -- kubectl get ns"
+            } else {
+                "unexpected arguments after `--`: add --exec to run them against the proxy"
+            }
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if cli.exec && cli.port == kproxy::cli::DEFAULT_PORT {
+        // --exec picks a free port unless one is given.
+        cli.port = 0;
+    }
     runtime.block_on(async move {
         let config = match Config::from_cli(&cli, &ProcessEnv) {
             Ok(c) => c,
             Err(e) => return fail(e),
         };
+        if print_kubeconfig {
+            return match kproxy::app::client_kubeconfig(&config) {
+                Ok(text) => {
+                    let mut stdout = std::io::stdout().lock();
+                    let _ = stdout.write_all(text.as_bytes());
+                    let _ = stdout.flush();
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            };
+        }
         let app = match App::build(config).await {
             Ok(app) => app,
             Err(e) => return fail(e),
         };
+        if let Some(path) = &cli.write_kubeconfig {
+            let Some(text) = app.client_kubeconfig() else {
+                return fail(kproxy::StartupError::Usage(
+                    "--write-kubeconfig cannot point at a unix socket: drop --unix-socket"
+                        .to_owned(),
+                ));
+            };
+            if let Err(e) = kproxy::app::client_config::write_private(path, &text) {
+                eprintln!(
+                    "error: cannot write --write-kubeconfig {}: {e}",
+                    path.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+        if cli.exec {
+            let code = kproxy::app::exec::run(app, &cli.command, cli.ready_file.as_deref()).await;
+            return ExitCode::from(code);
+        }
         // Registered before the startup line: once a script has read it, SIGTERM must be handled.
         let shutdown = shutdown_signal();
+        if let Some(path) = &cli.ready_file {
+            let url = app
+                .url()
+                .unwrap_or_else(|| format!("unix:{}", app.display_addr()));
+            if let Err(e) = kproxy::app::client_config::write_private(path, &format!("{url}\n")) {
+                eprintln!("error: cannot write --ready-file {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "Starting to serve on {}", app.display_addr());
         let _ = stdout.flush();
         drop(stdout);
         app.serve(shutdown).await;
+        if let Some(path) = &cli.ready_file {
+            let _ = std::fs::remove_file(path);
+        }
         ExitCode::SUCCESS
     })
 }

@@ -49,6 +49,13 @@ const KUBECTL_FLAGS: &[&str] = &[
     "-n, --namespace",
     "--shutdown-grace",
     "--incluster-dir",
+    // Many contexts and scripting (tests/clusters.rs, tests/exec.rs).
+    "--all-contexts",
+    "--contexts",
+    "--cluster-alias",
+    "--write-kubeconfig",
+    "--ready-file",
+    "--exec",
 ];
 
 #[test]

@@ -1234,3 +1234,233 @@ fn get_many(proxy: &str) -> std::collections::BTreeMap<String, usize> {
     }
     counts
 }
+
+/// A kubeconfig with one context per API server (`one`, `two`), each with its own cluster, CA and
+/// token user, current context `one`.
+fn two_servers_kubeconfig(ctx: &Ctx, one: &ApiServer, two: &ApiServer) -> std::path::PathBuf {
+    let cluster = |name: &str, s: &ApiServer| {
+        format!(
+            "- name: {name}\n  cluster:\n    server: {}\n    certificate-authority: {}\n",
+            s.url,
+            s.path("ca.crt").display()
+        )
+    };
+    ctx.write(
+        "two-servers.kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: one\nclusters:\n{}{}\
+             users:\n- name: admin-one\n  user:\n    token: admin-token\n\
+             - name: admin-two\n  user:\n    token: admin-token\n\
+             contexts:\n\
+             - name: one\n  context:\n    cluster: one\n    user: admin-one\n    namespace: {ns}\n\
+             - name: two\n  context:\n    cluster: two\n    user: admin-two\n    namespace: {ns}\n",
+            cluster("one", one),
+            cluster("two", two),
+            ns = ctx.ns,
+        ),
+    )
+}
+
+/// `kubectl` against a kubeconfig (the one kproxy wrote), with `--context`.
+fn kubectl_with(ctx: &Ctx, kubeconfig: &Path, context: &str, args: &[&str]) -> Out {
+    let mut cmd = ctx.kubectl_cmd();
+    cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .arg(format!("--context={context}"))
+        .args(args);
+    run(cmd, None)
+}
+
+#[test]
+#[ignore = "end-to-end: needs the real API server; run by tests/e2e.sh"]
+fn two_api_servers_behind_one_port_and_exec() {
+    let ctx = Ctx::new("clusters");
+    let one = ctx.server;
+    let two = ApiServer::start_own(&ctx.dir.join("apiserver-two"), &[])
+        .unwrap_or_else(|e| panic!("the second API server did not start: {e}"));
+    // Each server gets an object of its own, in the test's namespace (created on `two` here).
+    let two_admin = |args: &[&str]| {
+        let mut cmd = ctx.kubectl_cmd();
+        cmd.arg(format!(
+            "--kubeconfig={}",
+            two.kubeconfig("admin").display()
+        ))
+        .args(args);
+        run(cmd, None).ok()
+    };
+    two_admin(&["create", "namespace", &ctx.ns]);
+    ctx.admin(&["-n", &ctx.ns, "create", "configmap", "only-on-one"])
+        .ok();
+    two_admin(&["-n", &ctx.ns, "create", "configmap", "only-on-two"]);
+    let kc = two_servers_kubeconfig(&ctx, one, &two);
+
+    // kubectl through the kubeconfig kproxy writes: each context sees its own server's objects.
+    let written = ctx.dir.join("through-kproxy.kubeconfig");
+    let (_kp, url) = kproxy(
+        &ctx,
+        &[
+            &format!("--kubeconfig={}", kc.display()),
+            "--all-contexts",
+            &format!("--write-kubeconfig={}", written.display()),
+            // Exec allowed, so the upgrade below reaches the API server.
+            "--reject-paths=^/nothing$",
+        ],
+        &[],
+    );
+    let text = std::fs::read_to_string(&written).unwrap();
+    assert!(text.contains(&format!("{url}/clusters/two")), "{text}");
+    assert!(!text.contains("admin-token"), "{text}");
+    for (context, mine, other) in [
+        ("one", "only-on-one", "only-on-two"),
+        ("two", "only-on-two", "only-on-one"),
+    ] {
+        // The namespace comes from the written kubeconfig: no `-n`.
+        let out = kubectl_with(
+            &ctx,
+            &written,
+            context,
+            &["get", "configmaps", "-o", "name"],
+        )
+        .ok();
+        assert!(
+            out.contains(&format!("configmap/{mine}")),
+            "{context}: {out}"
+        );
+        assert!(!out.contains(other), "{context}: {out}");
+    }
+    // `/` is context one, as kubectl proxy would serve it.
+    let out = ctx
+        .kubectl_via(
+            &url,
+            &["-n", &ctx.ns, "get", "configmaps", "-o", "name"],
+            None,
+        )
+        .ok();
+    assert!(out.contains("configmap/only-on-one"), "{out}");
+
+    // A watch through a prefix sees an object created on that server.
+    let mut cmd = ctx.kubectl_cmd();
+    cmd.arg(format!("--kubeconfig={}", written.display()))
+        .args([
+            "--context=two",
+            "get",
+            "configmaps",
+            "--watch",
+            "--output-watch-events",
+            "-o",
+            "json",
+        ]);
+    let mut watch = Proc::spawn(&ctx, "kubectl-watch-two", cmd);
+    watch.wait_for("the initial ADDED only-on-two", |out| {
+        String::from_utf8_lossy(out)
+            .contains("only-on-two")
+            .then_some(())
+    });
+    two_admin(&["-n", &ctx.ns, "create", "configmap", "watched-on-two"]);
+    watch.wait_for("ADDED watched-on-two", |out| {
+        json_values(out)
+            .iter()
+            .any(|e| e["type"] == "ADDED" && e["object"]["metadata"]["name"] == "watched-on-two")
+            .then_some(())
+    });
+    drop(watch);
+
+    // An upgrade through a prefix: a WebSocket exec into a Pod that exists on `two` only (Pending, and
+    // there is no kubelet) gets `two`'s own answer, the same as asked directly; through `one`, 404.
+    let pod_two = |args: &[&str]| {
+        let mut cmd = ctx.kubectl_cmd();
+        cmd.arg(format!(
+            "--kubeconfig={}",
+            two.kubeconfig("admin").display()
+        ))
+        .args(args);
+        run(cmd, Some(&pending_pod(&ctx.ns, "web"))).ok()
+    };
+    pod_two(&["apply", "-f", "-"]);
+    let websocket = [
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+        "-H",
+        "Sec-WebSocket-Version: 13",
+        "-H",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "-H",
+        "Sec-WebSocket-Protocol: v5.channel.k8s.io",
+    ];
+    let exec_path = format!(
+        "/api/v1/namespaces/{}/pods/web/exec?command=true&stdout=true",
+        ctx.ns
+    );
+    let two_ca = two.path("ca.crt");
+    let mut direct_args = vec![
+        "--cacert",
+        two_ca.to_str().unwrap(),
+        "-H",
+        "Authorization: Bearer admin-token",
+    ];
+    direct_args.extend_from_slice(&websocket);
+    let direct = ctx.curl(&format!("{}{exec_path}", two.url), &direct_args);
+    assert!(direct.status >= 400 && direct.status != 404, "{direct:?}");
+    let via_two = ctx.curl(&format!("{url}/clusters/two{exec_path}"), &websocket);
+    assert_eq!(via_two.status, direct.status, "{via_two:?}");
+    assert_eq!(
+        via_two.json()["message"],
+        direct.json()["message"],
+        "{via_two:?}"
+    );
+    ctx.curl(&format!("{url}/clusters/one{exec_path}"), &websocket)
+        .expect_status(404, "NotFound");
+
+    // --exec: kubectl and curl as children, their exit codes returned.
+    let exec = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(kproxy_bin());
+        cmd.env_clear()
+            .env("HOME", &ctx.home)
+            .env("PATH", path_env())
+            .arg(format!("--kubeconfig={}", kc.display()))
+            .args(args);
+        run(cmd, None)
+    };
+    let out = exec(&[
+        "--all-contexts",
+        "--exec",
+        "--",
+        kubectl_bin().as_str(),
+        "--context=two",
+        "get",
+        "ns",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(
+        out.stdout.contains(&format!("namespace/{}", ctx.ns)),
+        "{out}"
+    );
+    let out = exec(&[
+        "--exec",
+        "--",
+        kubectl_bin().as_str(),
+        "get",
+        "configmaps",
+        "only-on-two",
+    ]);
+    assert_eq!(
+        out.code, 1,
+        "kubectl's own exit code for NotFound on `one`: {out}"
+    );
+    let out = exec(&[
+        "--exec",
+        "--",
+        "sh",
+        "-c",
+        r#"curl -s "$KPROXY_URL/api"; exit 3"#,
+    ]);
+    assert_eq!(out.code, 3, "{out}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out.stdout).unwrap_or_default()["kind"],
+        "APIVersions",
+        "{out}"
+    );
+}

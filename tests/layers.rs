@@ -66,10 +66,14 @@ const ORDER: &[&str] = &[
     "app::client_io",
     "app::config",
     "app::build",
+    "app::clusters",
+    "app::client_config",
     "app::reload",
     "app::server",
     "app::admin",
     "app",
+    // after the root: it runs an App.
+    "app::exec",
     "",
 ];
 

@@ -90,6 +90,65 @@ pub struct Config {
     pub(crate) guard: GuardConfig,
     /// `--allow-uid`: unix-socket peers accepted besides kproxy's own user.
     pub(crate) allow_uids: Vec<u32>,
+    /// `--all-contexts`, `--contexts` and `--cluster-alias`: the contexts served at `/clusters/<key>/`
+    /// (`None`: no `/clusters` routes). See [`crate::app::clusters`].
+    pub(crate) contexts: Option<ContextSelection>,
+}
+
+/// Which kubeconfig contexts are served under `/clusters/`, and the keys given to some of them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ContextSelection {
+    /// `--all-contexts`.
+    pub(crate) all: bool,
+    /// `--contexts`, in the order given.
+    pub(crate) names: Vec<String>,
+    /// `--cluster-alias KEY=CONTEXT`.
+    pub(crate) aliases: Vec<(String, String)>,
+}
+
+impl ContextSelection {
+    /// The selection the flags ask for, or `None` when they ask for none.
+    fn from_cli(cli: &Cli) -> Result<Option<Self>, StartupError> {
+        let names: Vec<String> = cli
+            .contexts
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        let mut aliases = Vec::new();
+        for a in &cli.cluster_alias {
+            match a.split_once('=') {
+                Some((key, context)) if !key.is_empty() && !context.is_empty() => {
+                    aliases.push((key.to_owned(), context.to_owned()))
+                }
+                _ => {
+                    return Err(StartupError::Usage(format!(
+                        "--cluster-alias={a:?} is not KEY=CONTEXT: write e.g. --cluster-alias=prod=arn:aws:eks:...:cluster/prod"
+                    )))
+                }
+            }
+        }
+        if !cli.all_contexts && names.is_empty() {
+            if !aliases.is_empty() {
+                return Err(StartupError::Usage(
+                    "--cluster-alias needs --all-contexts or --contexts: add one of them"
+                        .to_owned(),
+                ));
+            }
+            return Ok(None);
+        }
+        if cli.all_contexts && !names.is_empty() {
+            return Err(StartupError::Usage(
+                "cannot set --all-contexts and --contexts at the same time: drop one of them"
+                    .to_owned(),
+            ));
+        }
+        Ok(Some(Self {
+            all: cli.all_contexts,
+            names,
+            aliases,
+        }))
+    }
 }
 
 /// The environment kept for reloads.
@@ -139,6 +198,7 @@ impl Config {
         // ops (hot reload): hash the files before reading them, so a change made meanwhile is seen.
         let baseline = Baseline::before_load(&opts, env);
         let cluster = kubeconfig::load(&opts, env)?;
+        let contexts = ContextSelection::from_cli(cli)?;
         let admin_address = admin_address(cli)?;
         if !cluster.server.path.is_empty() && !cli.append_server_path {
             tracing::warn!(
@@ -178,6 +238,7 @@ impl Config {
             baseline,
             guard,
             allow_uids,
+            contexts,
         })
     }
 }

@@ -5,9 +5,12 @@
 
 mod admin;
 mod build;
+pub mod client_config;
 mod client_io;
+pub mod clusters;
 pub mod config;
 pub mod error;
+pub mod exec;
 mod reload;
 mod server;
 mod watch;
@@ -23,11 +26,23 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::build::Lifecycle;
+use crate::app::clusters::ClusterSet;
 use crate::app::config::Config;
 use crate::app::error::StartupError;
 use crate::app::reload::Routers;
 
 use crate::proxy::router::Router;
+
+/// `kproxy kubeconfig`: the kubeconfig [`App::client_kubeconfig`] would give for `config`, without
+/// building or binding anything (the proxy it points at may be running already).
+pub fn client_kubeconfig(config: &Config) -> Result<String, StartupError> {
+    let url = client_config::url_from_config(config)?;
+    let clusters = ClusterSet::resolve(config, &Lifecycle::default())?;
+    Ok(client_config::render(&url, config, clusters.as_deref()))
+}
+
+/// What [`App::router`] builds.
+type Built = (Lifecycle, Arc<Router>, Option<Arc<ClusterSet>>);
 
 /// kproxy, built and bound, ready to serve.
 pub struct App {
@@ -39,6 +54,8 @@ pub struct App {
     hangup: Option<Signal>,
     lifecycle: Lifecycle,
     router: Arc<Router>,
+    /// The contexts served under `/clusters/`, if any.
+    clusters: Option<Arc<ClusterSet>>,
 }
 
 impl App {
@@ -49,28 +66,30 @@ impl App {
     /// failure exits 1, and a SIGHUP that arrived before its handler was registered would terminate
     /// the process.
     pub async fn build(config: Config) -> Result<App, StartupError> {
-        let (lifecycle, router) = Self::router(&config)?;
+        let built = Self::router(&config)?;
         let listener = Listener::bind(&config.listen).await?;
-        Self::assemble(config, listener, lifecycle, router).await
+        Self::assemble(config, listener, built).await
     }
 
     /// [`App::build`] on a listener the caller has bound already (`config.listen` is not used).
     pub async fn with_listener(config: Config, listener: Listener) -> Result<App, StartupError> {
-        let (lifecycle, router) = Self::router(&config)?;
-        Self::assemble(config, listener, lifecycle, router).await
+        let built = Self::router(&config)?;
+        Self::assemble(config, listener, built).await
     }
 
-    fn router(config: &Config) -> Result<(Lifecycle, Arc<Router>), StartupError> {
+    /// The lifecycle, the default router and the `/clusters/` contexts (resolved; each context's
+    /// router is built on its first request).
+    fn router(config: &Config) -> Result<Built, StartupError> {
         let lifecycle = Lifecycle::new(config);
         let router = build::build_router(config, &lifecycle)?;
-        Ok((lifecycle, router))
+        let clusters = ClusterSet::resolve(config, &lifecycle)?;
+        Ok((lifecycle, router, clusters))
     }
 
     async fn assemble(
         config: Config,
         listener: Listener,
-        lifecycle: Lifecycle,
-        router: Arc<Router>,
+        (lifecycle, router, clusters): Built,
     ) -> Result<App, StartupError> {
         let admin = match &config.admin_address {
             Some(address) => Some(admin::bind(address).await?),
@@ -90,6 +109,7 @@ impl App {
             hangup,
             lifecycle,
             router,
+            clusters,
         })
     }
 
@@ -101,6 +121,22 @@ impl App {
     /// The proxy's TCP address, when it listens on TCP.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The URL clients reach the proxy at (`http://127.0.0.1:PORT`), when it listens on TCP.
+    pub fn url(&self) -> Option<String> {
+        self.local_addr().map(client_config::url_for)
+    }
+
+    /// A kubeconfig (no credentials) with one context per proxied context, each pointing at this
+    /// proxy, when it listens on TCP.
+    pub fn client_kubeconfig(&self) -> Option<String> {
+        let url = self.url()?;
+        Some(client_config::render(
+            &url,
+            &self.config,
+            self.clusters.as_deref(),
+        ))
     }
 
     /// The admin listener's address, when there is one.
@@ -118,11 +154,12 @@ impl App {
             hangup,
             lifecycle,
             router,
+            clusters,
         } = self;
         // issue 13 hook: unix-socket peers besides kproxy's own user.
         let mut listener = listener;
         listener.allow_uids(&config.allow_uids);
-        let routers = Arc::new(Routers::new(router, &lifecycle));
+        let routers = Arc::new(Routers::new(router, clusters, &lifecycle));
         // Fired once the proxy has drained: the admin listener keeps answering (readyz: "shutting
         // down") during the drain.
         let stop = CancellationToken::new();

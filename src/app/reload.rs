@@ -23,6 +23,7 @@ use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::build::{self, Lifecycle};
+use crate::app::clusters::{self, ClusterSet};
 use crate::app::config::{self, Config};
 use crate::app::error::StartupError;
 use crate::app::watch::{self, Baseline};
@@ -36,15 +37,25 @@ pub struct Snapshot {
     pub router: Arc<Router>,
     /// Metrics of the router's API server.
     pub upstream: Arc<UpstreamStats>,
+    /// The contexts served under `/clusters/`, if any.
+    pub clusters: Option<Arc<ClusterSet>>,
 }
 
 impl Snapshot {
     /// Wraps `router`, finding its API server's statistics in `telemetry`.
-    pub fn new(router: Arc<Router>, telemetry: &Telemetry) -> Self {
+    pub fn new(
+        router: Arc<Router>,
+        clusters: Option<Arc<ClusterSet>>,
+        telemetry: &Telemetry,
+    ) -> Self {
         let upstream = telemetry
             .metrics
             .upstream(&router.proxy().server().to_string());
-        Self { router, upstream }
+        Self {
+            router,
+            upstream,
+            clusters,
+        }
     }
 }
 
@@ -57,11 +68,15 @@ pub struct Routers {
 }
 
 impl Routers {
-    /// A cell holding `router` first.
-    pub fn new(router: Arc<Router>, lifecycle: &Lifecycle) -> Self {
+    /// A cell holding `router` (and the `/clusters/` contexts) first.
+    pub fn new(
+        router: Arc<Router>,
+        clusters: Option<Arc<ClusterSet>>,
+        lifecycle: &Lifecycle,
+    ) -> Self {
         let telemetry = lifecycle.telemetry.clone();
         Self {
-            current: RwLock::new(Arc::new(Snapshot::new(router, &telemetry))),
+            current: RwLock::new(Arc::new(Snapshot::new(router, clusters, &telemetry))),
             telemetry,
         }
     }
@@ -74,9 +89,9 @@ impl Routers {
             .clone()
     }
 
-    /// Puts `router` in force for new requests.
-    pub fn replace(&self, router: Arc<Router>) {
-        let next = Arc::new(Snapshot::new(router, &self.telemetry));
+    /// Puts `router` (and the `/clusters/` contexts) in force for new requests.
+    pub fn replace(&self, router: Arc<Router>, clusters: Option<Arc<ClusterSet>>) {
+        let next = Arc::new(Snapshot::new(router, clusters, &self.telemetry));
         let old = std::mem::replace(
             &mut *self.current.write().unwrap_or_else(|e| e.into_inner()),
             next,
@@ -97,6 +112,19 @@ impl Routers {
         remote: Option<SocketAddr>,
     ) -> Response<ObservedBody> {
         let snapshot = self.current();
+        if let Some(set) = &snapshot.clusters {
+            if clusters::is_prefixed(req.uri().path()) {
+                return set
+                    .handle(
+                        &self.telemetry,
+                        &snapshot.router,
+                        &snapshot.upstream,
+                        req,
+                        remote,
+                    )
+                    .await;
+            }
+        }
         observe::handle(&self.telemetry, &snapshot.upstream, req, |req| {
             snapshot.router.handle(req, remote)
         })
@@ -104,12 +132,12 @@ impl Routers {
     }
 }
 
+/// What a reload puts in force: the configuration, its router and the `/clusters/` contexts.
+type Rebuilt = (Config, Arc<Router>, Option<Arc<ClusterSet>>);
+
 /// Loads the cluster configuration again with the original flags and environment, and builds a router
-/// from it.
-pub fn rebuild(
-    config: &Config,
-    lifecycle: &Lifecycle,
-) -> Result<(Config, Arc<Router>), StartupError> {
+/// from it; the `/clusters/` contexts are resolved again too (added and removed contexts take effect).
+pub fn rebuild(config: &Config, lifecycle: &Lifecycle) -> Result<Rebuilt, StartupError> {
     let cluster = crate::kube::kubeconfig::load(&config.load, &*config.env)?;
     let next = Config {
         route: config::route_for(&cluster, &config.proxy_env)?,
@@ -118,7 +146,8 @@ pub fn rebuild(
         ..config.clone()
     };
     let router = build::build_router(&next, lifecycle)?;
-    Ok((next, router))
+    let clusters = ClusterSet::resolve(&next, lifecycle)?;
+    Ok((next, router, clusters))
 }
 
 /// What set off a reload check.
@@ -161,9 +190,9 @@ pub async fn run(
         };
         let metrics = &routers.telemetry().metrics;
         match attempt {
-            Ok(Ok((next, router))) => {
+            Ok(Ok((next, router, clusters))) => {
                 let server = router.proxy().server().to_string();
-                routers.replace(router);
+                routers.replace(router, clusters);
                 let next_files = watch::watched_files(&next.load, &*next.env, &next.cluster);
                 if next_files != files {
                     // The new configuration names other files. Files watched before keep the hash

@@ -238,9 +238,8 @@ pub struct ResolvedConfig {
     pub disable_compression: bool,
     /// The selected cluster entry, for exec plugins' `provideClusterInfo`.
     pub cluster: Option<Cluster>,
-    /// The namespace of the context or service account, resolved as client-go does. Nothing reads it
-    /// yet: the kubeconfig that `kproxy kubeconfig` will write (issue 14) keeps it.
-    #[allow(dead_code)]
+    /// The namespace of the context or service account, resolved as client-go does: the kubeconfig
+    /// kproxy writes for its clients (`kproxy kubeconfig`, `--exec`) keeps it.
     pub namespace: Option<String>,
 }
 
@@ -1013,4 +1012,44 @@ fn incluster(
         &cluster,
         namespace,
     )
+}
+
+/// One context of the merged kubeconfig, as `--all-contexts` and `--contexts` list them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextEntry {
+    /// The context's name.
+    pub name: String,
+    /// The name of the cluster it uses.
+    pub cluster: String,
+}
+
+/// The contexts of the merged kubeconfig files, in file order (first definition wins, as in the merge),
+/// and the current context. In-cluster configuration has none.
+pub fn contexts(
+    opts: &LoadOptions,
+    env: &dyn Env,
+) -> Result<(Vec<ContextEntry>, Option<String>), ConfigError> {
+    let mut merged = Kubeconfig::default();
+    for (path, required) in kubeconfig_files(opts, env)? {
+        if let Some(kc) = read_file(&path, required)? {
+            merged = merged.merge(kc).map_err(|e| ConfigError::Parse {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        }
+    }
+    let entries = merged
+        .contexts
+        .iter()
+        .filter(|c| !c.name.is_empty())
+        .map(|c| ContextEntry {
+            name: c.name.clone(),
+            cluster: c
+                .context
+                .as_ref()
+                .map(|x| x.cluster.clone())
+                .unwrap_or_default(),
+        })
+        .collect();
+    Ok((entries, merged.current_context.filter(|c| !c.is_empty())))
 }

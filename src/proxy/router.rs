@@ -195,6 +195,32 @@ impl Router {
     }
 }
 
+impl Router {
+    /// The checks a request to `path` passes here, for answers kproxy gives itself beside the API
+    /// (`GET /clusters`): the Host rules and the filter (its host, method and path rules).
+    pub fn admit<B>(&self, req: &Request<B>, path: &str) -> Result<(), ProxyError> {
+        check_host(req)?;
+        let Some(filter) = &self.filter else {
+            return Ok(());
+        };
+        let host = match req.uri().authority() {
+            Some(a) => a.as_str(),
+            None => req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or(""),
+        };
+        filter
+            .check(req.method().as_str(), path, host)
+            .map_err(|rejection| ProxyError::Filtered {
+                method: req.method().to_string(),
+                path: path.to_owned(),
+                rejection,
+            })
+    }
+}
+
 /// Rejects what Go's server (and so kubectl proxy) rejects before routing: an HTTP/1.1 request without a
 /// `Host` header, even in absolute form, and a request with more than one (RFC 9112 §3.2 requires a 400 for
 /// both). hyper accepts them, and the filter would then read the first `Host` or none.
