@@ -213,6 +213,62 @@ async fn clusters_lists_the_keys_behind_the_same_guards() {
     bed.kp.stop().await;
 }
 
+/// The browser and inbound-token guards (issue 13) cover what kproxy answers itself under `/clusters`
+/// (the listing, an unknown key, a context it cannot serve) as well as every context's API: otherwise a
+/// page of another origin, or a local user without the token, could learn the contexts and servers.
+#[tokio::test]
+async fn the_origin_check_and_the_inbound_token_guard_every_cluster_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("inbound");
+    std::fs::write(&file, "inbound-s3cret\n").unwrap();
+    let flag = format!("--auth-token-file={}", file.display());
+    let bed = bed(&["--all-contexts", &flag]).await;
+    let kp = &bed.kp;
+    let (a_before, b_before) = (bed.a.count(), bed.b.count());
+    let paths = [
+        "/clusters",
+        "/clusters/nope/api",
+        "/clusters/broken/version",
+        "/clusters/a/api/v1/pods",
+    ];
+    for path in paths {
+        let url = format!("{}{path}", kp.url);
+        let (status, _, body) = request("GET", &url, &[], "").await;
+        let message = assert_status(status, &body, 401);
+        assert!(message.contains("requires its token"), "{path}: {message}");
+        let (status, _, body) = request(
+            "GET",
+            &url,
+            &[
+                ("authorization", "Bearer inbound-s3cret"),
+                ("origin", "https://evil.example"),
+            ],
+            "",
+        )
+        .await;
+        assert_status(status, &body, 403);
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            !body.contains("127.0.0.1") && !body.contains("ns-a"),
+            "{path}: {body}"
+        );
+    }
+    assert_eq!((bed.a.count(), bed.b.count()), (a_before, b_before));
+
+    // With the token and no foreign origin, each answers as it would without the guard; the upstream
+    // never sees kproxy's inbound token.
+    let auth = [("authorization", "Bearer inbound-s3cret")];
+    let want = [200, 404, 503, 200];
+    for (path, want) in paths.into_iter().zip(want) {
+        let (status, _, body) = request("GET", &format!("{}{path}", kp.url), &auth, "").await;
+        assert_eq!(status, want, "{path}: {}", String::from_utf8_lossy(&body));
+    }
+    let seen = bed.a.last();
+    assert_eq!(seen.uri, "/api/v1/pods");
+    assert_eq!(seen.headers["authorization"], "Bearer token-a");
+    bed.kp.stop().await;
+}
+
 #[tokio::test]
 async fn locations_into_the_api_keep_the_prefix() {
     let bed = bed(&["--all-contexts"]).await;

@@ -262,7 +262,7 @@ impl ClusterSet {
     }
 
     /// Answers a request whose path [`is_prefixed`]. `local` is the default router, whose checks guard
-    /// the listing, and `local_stats` the statistics answers kproxy gives itself are counted under.
+    /// the answers kproxy gives here itself (the listing, an unknown key, a context it cannot serve), and `local_stats` the statistics answers kproxy gives itself are counted under.
     pub async fn handle(
         &self,
         telemetry: &Arc<Telemetry>,
@@ -281,11 +281,13 @@ impl ClusterSet {
             return observe::handle(telemetry, local_stats, req, |_| async { answer }).await;
         }
         let Some(entry) = self.entries.iter().find(|e| e.key == key) else {
-            let answer = status::response(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("no cluster has the key {key:?}: GET {PREFIX} lists the keys"),
-            );
+            let answer = local.answer_beside(&req, PREFIX, || {
+                status::response(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("no cluster has the key {key:?}: GET {PREFIX} lists the keys"),
+                )
+            });
             return observe::handle(telemetry, local_stats, req, |_| async { answer }).await;
         };
         match entry.router(&self.lifecycle).await {
@@ -298,11 +300,13 @@ impl ClusterSet {
                 .await
             }
             Err(message) => {
-                let answer = status::response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "ServiceUnavailable",
-                    &format!("kproxy cannot serve context {:?}: {message}", entry.context),
-                );
+                let answer = local.answer_beside(&req, PREFIX, || {
+                    status::response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "ServiceUnavailable",
+                        &format!("kproxy cannot serve context {:?}: {message}", entry.context),
+                    )
+                });
                 observe::handle(telemetry, local_stats, req, |_| async { answer }).await
             }
         }
@@ -310,9 +314,10 @@ impl ClusterSet {
 
     /// `GET /clusters`: the served contexts as JSON, after the checks every API request passes.
     fn listing(&self, local: &Router, req: &Request<Incoming>) -> Response<Body> {
-        if let Err(e) = local.admit(req, PREFIX) {
-            return e.into_response();
-        }
+        local.answer_beside(req, PREFIX, || self.list(req))
+    }
+
+    fn list(&self, req: &Request<Incoming>) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             let mut resp = status::response(
                 StatusCode::METHOD_NOT_ALLOWED,

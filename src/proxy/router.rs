@@ -68,12 +68,9 @@ impl Router {
         req: Request<Incoming>,
         remote: Option<SocketAddr>,
     ) -> Response<Body> {
-        // issue 13 hook: the origin check and CORS preflights come first, for every route.
-        let cors = match self.guard.as_ref().map(|g| g.screen(&req)) {
-            None => guard::Cors::None,
-            Some(Ok(Screened::Pass(cors))) => cors,
-            Some(Ok(Screened::Preflight(resp))) => return resp,
-            Some(Err(refusal)) => return ProxyError::from(refusal).into_response(),
+        let cors = match self.screen(&req) {
+            Ok(cors) => cors,
+            Err(answer) => return answer,
         };
         let mut resp = match self.route(req, remote).await {
             Ok(resp) => resp,
@@ -84,6 +81,17 @@ impl Router {
         };
         guard::decorate(resp.headers_mut(), cors);
         resp
+    }
+
+    /// The Origin check and CORS preflights, which come first, for every route: the CORS headers the
+    /// answer gets, or kproxy's own answer (a refusal, or the preflight's).
+    fn screen<B>(&self, req: &Request<B>) -> Result<guard::Cors, Response<Body>> {
+        match self.guard.as_ref().map(|g| g.screen(req)) {
+            None => Ok(guard::Cors::None),
+            Some(Ok(Screened::Pass(cors))) => Ok(cors),
+            Some(Ok(Screened::Preflight(resp))) => Err(resp),
+            Some(Err(refusal)) => Err(ProxyError::from(refusal).into_response()),
+        }
     }
 
     async fn route(
@@ -196,10 +204,33 @@ impl Router {
 }
 
 impl Router {
-    /// The checks a request to `path` passes here, for answers kproxy gives itself beside the API
-    /// (`GET /clusters`): the Host rules and the filter (its host, method and path rules).
-    pub fn admit<B>(&self, req: &Request<B>, path: &str) -> Result<(), ProxyError> {
+    /// Answers a request for `path` that kproxy serves itself beside the API (`GET /clusters`) with
+    /// `answer`, after the checks an API request passes: the Origin check and CORS, the Host rules, the
+    /// inbound token and the filter. Without them a page in the browser, or another local user without
+    /// the token, could list the contexts and servers that the API routes refuse to show them.
+    pub fn answer_beside<B>(
+        &self,
+        req: &Request<B>,
+        path: &str,
+        answer: impl FnOnce() -> Response<Body>,
+    ) -> Response<Body> {
+        let cors = match self.screen(req) {
+            Ok(cors) => cors,
+            Err(answer) => return answer,
+        };
+        let mut resp = match self.admit(req, path) {
+            Ok(()) => answer(),
+            Err(e) => e.into_response(),
+        };
+        guard::decorate(resp.headers_mut(), cors);
+        resp
+    }
+
+    fn admit<B>(&self, req: &Request<B>, path: &str) -> Result<(), ProxyError> {
         check_host(req)?;
+        if let Some(guard) = &self.guard {
+            guard.authenticate(req.headers())?;
+        }
         let Some(filter) = &self.filter else {
             return Ok(());
         };
