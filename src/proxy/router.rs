@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -69,8 +70,8 @@ impl Router {
         remote: Option<SocketAddr>,
     ) -> Response<Body> {
         let cors = match self.screen(&req) {
-            Ok(cors) => cors,
-            Err(answer) => return answer,
+            ControlFlow::Continue(cors) => cors,
+            ControlFlow::Break(answer) => return answer,
         };
         let mut resp = match self.route(req, remote).await {
             Ok(resp) => resp,
@@ -85,12 +86,12 @@ impl Router {
 
     /// The Origin check and CORS preflights, which come first, for every route: the CORS headers the
     /// answer gets, or kproxy's own answer (a refusal, or the preflight's).
-    fn screen<B>(&self, req: &Request<B>) -> Result<guard::Cors, Response<Body>> {
+    fn screen<B>(&self, req: &Request<B>) -> ControlFlow<Response<Body>, guard::Cors> {
         match self.guard.as_ref().map(|g| g.screen(req)) {
-            None => Ok(guard::Cors::None),
-            Some(Ok(Screened::Pass(cors))) => Ok(cors),
-            Some(Ok(Screened::Preflight(resp))) => Err(resp),
-            Some(Err(refusal)) => Err(ProxyError::from(refusal).into_response()),
+            None => ControlFlow::Continue(guard::Cors::None),
+            Some(Ok(Screened::Pass(cors))) => ControlFlow::Continue(cors),
+            Some(Ok(Screened::Preflight(resp))) => ControlFlow::Break(resp),
+            Some(Err(refusal)) => ControlFlow::Break(ProxyError::from(refusal).into_response()),
         }
     }
 
@@ -215,8 +216,8 @@ impl Router {
         answer: impl FnOnce() -> Response<Body>,
     ) -> Response<Body> {
         let cors = match self.screen(req) {
-            Ok(cors) => cors,
-            Err(answer) => return answer,
+            ControlFlow::Continue(cors) => cors,
+            ControlFlow::Break(answer) => return answer,
         };
         let mut resp = match self.admit(req, path) {
             Ok(()) => answer(),
