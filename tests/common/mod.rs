@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 // Upgrade endpoints (WebSocket, SPDY/3.1, kubectl's exec/attach/port-forward) and raw stream clients.
+pub mod fuzzgen;
 pub mod spdy;
 pub mod streams;
 
