@@ -13,14 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::Parser;
 use common::*;
 use http::{Request, Response, StatusCode};
-use kproxy::cli::Cli;
 use kproxy::env::MapEnv;
-use kproxy::{App, Config, Listen};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 // ---------------------------------------------------------------------------------------------------
 // Helpers
@@ -29,32 +25,16 @@ use tokio::sync::oneshot;
 struct WithAdmin {
     url: String,
     admin: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    kp: Kproxy,
 }
 
 impl WithAdmin {
     async fn start(args: &[&str], env: MapEnv) -> WithAdmin {
-        let cli = Cli::try_parse_from(std::iter::once("kproxy").chain(args.iter().copied()))
-            .expect("flags");
-        let mut config = Config::from_cli(&cli, &env).expect("config");
-        config.listen = Listen::Tcp {
-            address: "127.0.0.1".into(),
-            port: 0,
-        };
-        config.admin_address = Some("127.0.0.1:0".into());
-        let app = App::build(config).await.expect("kproxy starts");
-        let addr = app.local_addr().unwrap();
-        let admin_addr = app.admin_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.serve(async move {
-            let _ = rx.await;
-        }));
+        let kp = Kproxy::with_admin(args, env).await;
         WithAdmin {
-            url: format!("http://127.0.0.1:{}", addr.port()),
-            admin: format!("http://127.0.0.1:{}", admin_addr.port()),
-            stop: Some(tx),
-            task,
+            url: kp.url.clone(),
+            admin: kp.admin.clone().unwrap(),
+            kp,
         }
     }
 
@@ -79,14 +59,8 @@ impl WithAdmin {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("kproxy did not stop")
-            .unwrap();
+    async fn stop(self) {
+        self.kp.stop().await;
     }
 }
 
@@ -687,6 +661,109 @@ async fn access_log_is_off_by_default() {
     let (code, _, stderr) = kp.wait(WAIT).await;
     assert_eq!(code, 0);
     assert!(!stderr.contains("/version"), "{stderr}");
+}
+
+/// Two contexts on one API server: `a` (current, so also `/`) and `b`.
+fn contexts_a_b_on_one_server(dir: &Path, api: &FakeApi) -> PathBuf {
+    let path = dir.join("two.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: a\nclusters:\n\
+             - name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
+             users:\n- name: u\n  user:\n    token: t\n\
+             contexts:\n\
+             - name: a\n  context:\n    cluster: c\n    user: u\n\
+             - name: b\n  context:\n    cluster: c\n    user: u\n",
+            api.url,
+            api.pki.ca_path.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test]
+async fn requests_under_a_cluster_prefix_are_counted_and_logged_with_its_key() {
+    // Issue 14 (6): one series per served context even when two contexts share a server, kproxy's own
+    // answers under a prefix carry the key too, and an unknown key adds no label value (bounded).
+    let api = FakeApi::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = contexts_a_b_on_one_server(dir.path(), &api);
+    let kc_flag = format!("--kubeconfig={}", kc.display());
+    let kp = WithAdmin::start(&[&kc_flag, "--all-contexts"], MapEnv::default()).await;
+    for path in ["/version", "/clusters/b/version", "/clusters/b/version"] {
+        let (status, _, _) = get(&format!("{}{path}", kp.url)).await;
+        assert_eq!(status, 200, "{path}");
+    }
+    let (status, _, _) = get(&format!(
+        "{}/clusters/b/api/v1/namespaces/d/pods/p/exec",
+        kp.url
+    ))
+    .await;
+    assert_eq!(status, 403);
+    let (status, _, _) = get(&format!("{}/clusters/nope/version", kp.url)).await;
+    assert_eq!(status, 404);
+
+    let m = kp.metrics().await;
+    let up = &api.url;
+    let series = |s: &str| sample(&m, s).unwrap_or_else(|| panic!("no {s} in:\n{m}"));
+    assert_eq!(
+        series(&format!(
+            r#"kproxy_requests_total{{method="GET",code="200",upstream="{up}"}}"#
+        )),
+        1.0
+    );
+    assert_eq!(
+        series(&format!(
+            r#"kproxy_requests_total{{method="GET",code="200",cluster="b",upstream="{up}"}}"#
+        )),
+        2.0
+    );
+    assert_eq!(
+        series(r#"kproxy_requests_total{method="GET",code="403",cluster="b",upstream="none"}"#),
+        1.0
+    );
+    assert_eq!(
+        series(r#"kproxy_requests_total{method="GET",code="404",upstream="none"}"#),
+        1.0
+    );
+    assert_eq!(
+        series(&format!(
+            r#"kproxy_upstream_connections_opened_total{{cluster="b",upstream="{up}"}}"#
+        )),
+        1.0,
+        "b's connections are its own"
+    );
+    assert!(!m.contains("nope"), "an unknown key became a label:\n{m}");
+    assert!(
+        !m.contains(r#"cluster="a""#),
+        "`a` was only used at /:\n{m}"
+    );
+    kp.stop().await;
+
+    let kp = Proc::spawn(&[&kc_flag, "--port=0", "--all-contexts", "--access-log=json"]);
+    for path in ["/version", "/clusters/b/version"] {
+        let (status, _, _) = get(&format!("{}{path}", kp.url())).await;
+        assert_eq!(status, 200, "{path}");
+    }
+    kp.signal("TERM");
+    let (code, _, stderr) = kp.wait(WAIT).await;
+    assert_eq!(code, 0, "{stderr}");
+    let clusters: Vec<(String, serde_json::Value)> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["path"].as_str().unwrap().to_owned(), v["cluster"].clone()))
+        .collect();
+    assert_eq!(
+        clusters,
+        [
+            ("/version".to_owned(), serde_json::Value::Null),
+            ("/clusters/b/version".to_owned(), serde_json::json!("b")),
+        ],
+        "{stderr}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -64,14 +64,19 @@ impl Lifecycle {
     }
 }
 
-/// Loads TLS material and credentials and builds the router. Fails on unreadable or mismatched keys.
-pub fn build_router(config: &Config, lifecycle: &Lifecycle) -> Result<Arc<Router>, StartupError> {
+/// Loads TLS material and credentials and builds the router for `cluster` (a `/clusters/<key>/` key,
+/// empty for `/`; the metrics label its connections carry). Fails on unreadable or mismatched keys.
+pub fn build_router(
+    config: &Config,
+    cluster: &str,
+    lifecycle: &Lifecycle,
+) -> Result<Arc<Router>, StartupError> {
     let tls = TlsState::new(&config.cluster.tls, config.timing.tls_file_check_period)?;
     // ops: count the pools' connections per API server.
     let stats = lifecycle
         .telemetry
         .metrics
-        .upstream(&config.cluster.server.to_string());
+        .upstream(cluster, &config.cluster.server.to_string());
     let upstream = Arc::new(Upstream::new(
         tls.clone(),
         config.route.clone(),

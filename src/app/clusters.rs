@@ -117,12 +117,13 @@ impl Entry {
                 let config = (**config).clone();
                 let lifecycle = lifecycle.clone();
                 let context = self.context.clone();
+                let key = self.key.clone();
                 tokio::task::spawn_blocking(move || {
-                    let router = build::build_router(&config, &lifecycle)?;
+                    let router = build::build_router(&config, &key, &lifecycle)?;
                     let stats = lifecycle
                         .telemetry
                         .metrics
-                        .upstream(&router.proxy().server().to_string());
+                        .upstream(&key, &router.proxy().server().to_string());
                     Ok::<_, StartupError>((router, stats))
                 })
                 .await
@@ -307,7 +308,8 @@ impl ClusterSet {
                         &format!("kproxy cannot serve context {:?}: {message}", entry.context),
                     )
                 });
-                observe::handle(telemetry, local_stats, req, |_| async { answer }).await
+                let stats = telemetry.metrics.local_for(&entry.key);
+                observe::handle(telemetry, &stats, req, |_| async { answer }).await
             }
         }
     }

@@ -81,7 +81,7 @@ impl App {
     /// router is built on its first request).
     fn router(config: &Config) -> Result<Built, StartupError> {
         let lifecycle = Lifecycle::new(config);
-        let router = build::build_router(config, &lifecycle)?;
+        let router = build::build_router(config, "", &lifecycle)?;
         let clusters = ClusterSet::resolve(config, &lifecycle)?;
         Ok((lifecycle, router, clusters))
     }

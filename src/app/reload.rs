@@ -50,7 +50,7 @@ impl Snapshot {
     ) -> Self {
         let upstream = telemetry
             .metrics
-            .upstream(&router.proxy().server().to_string());
+            .upstream("", &router.proxy().server().to_string());
         Self {
             router,
             upstream,
@@ -145,7 +145,7 @@ pub fn rebuild(config: &Config, lifecycle: &Lifecycle) -> Result<Rebuilt, Startu
         baseline: Baseline::default(),
         ..config.clone()
     };
-    let router = build::build_router(&next, lifecycle)?;
+    let router = build::build_router(&next, "", lifecycle)?;
     let clusters = ClusterSet::resolve(&next, lifecycle)?;
     Ok((next, router, clusters))
 }

@@ -11,7 +11,9 @@
 //! length and for requests that did not reach the API server).
 //!
 //! JSON: `{"time":"…","method":"GET","path":"/api/v1/pods?limit=5","status":200,"bytes_in":0,
-//! "bytes_out":1234,"duration_ms":1.234,"proto":"h2","upstream":"https://…"}` (`null` for unknowns).
+//! "bytes_out":1234,"duration_ms":1.234,"proto":"h2","upstream":"https://…","cluster":null}` (`null`
+//! for unknowns; `cluster` is the `/clusters/<key>/` key, `null` at `/`). The text line's target is
+//! the path as received, so a request under a prefix shows its key there.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -51,6 +53,8 @@ pub struct Entry<'a> {
     pub proto: Option<&'static str>,
     /// The API server URL, when the request was for one.
     pub upstream: Option<&'a str>,
+    /// The `/clusters/<key>/` key the request came in under; `None` at `/`.
+    pub cluster: Option<&'a str>,
 }
 
 thread_local! {
@@ -125,6 +129,11 @@ pub fn format_line(out: &mut String, format: Format, e: &Entry<'_>, now: SystemT
             out.push_str(",\"upstream\":");
             match e.upstream {
                 Some(u) => json_str(out, u),
+                None => out.push_str("null"),
+            }
+            out.push_str(",\"cluster\":");
+            match e.cluster {
+                Some(c) => json_str(out, c),
                 None => out.push_str("null"),
             }
             out.push_str("}\n");
@@ -254,6 +263,7 @@ mod tests {
             duration: Duration::from_micros(1234),
             proto: Some("h2"),
             upstream: Some("https://10.0.0.1:6443"),
+            cluster: None,
         }
     }
 
@@ -315,6 +325,12 @@ mod tests {
         assert_eq!(v["bytes_out"], 1234);
         assert_eq!(v["proto"], serde_json::Value::Null);
         assert_eq!(v["upstream"], "https://10.0.0.1:6443");
+        assert_eq!(v["cluster"], serde_json::Value::Null);
+        e.cluster = Some("prod");
+        s.clear();
+        format_line(&mut s, Format::Json, &e, UNIX_EPOCH);
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["cluster"], "prod");
     }
 
     #[test]

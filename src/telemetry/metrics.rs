@@ -5,7 +5,9 @@
 //! atomic reached through handles fixed when the router was built ([`UpstreamStats`], one per API
 //! server URL, held by the router snapshot). Labels are bounded: `method` is one of [`METHODS`]
 //! (`OTHER` for extension methods), `code` is the numeric status, `upstream` is the API server URL of a
-//! configuration that was in force (or `none` for answers kproxy gives itself). The per-code counters
+//! configuration that was in force (or `none` for answers kproxy gives itself), and `cluster` is the
+//! `/clusters/<key>/` key a request came in under: at most one per served context, and absent for
+//! requests at `/`, so a kproxy serving one cluster renders the same series it always did. The per-code counters
 //! of a method are allocated the first time that method is seen, so an idle kproxy carries a few
 //! hundred bytes of metrics. The registry only describes how to render these atomics
 //! ([`Collector`]); it is built when the admin listener starts.
@@ -154,10 +156,12 @@ impl Histogram {
     }
 }
 
-/// Everything counted per API server URL. One exists per distinct URL a configuration has named; a
-/// reload back to the same URL continues the same series.
+/// Everything counted per route and API server URL. One exists per distinct (cluster key, URL) pair
+/// a configuration has named; a reload back to the same URL continues the same series.
 #[derive(Debug)]
 pub struct UpstreamStats {
+    /// The `cluster` label: the `/clusters/<key>/` key, empty for `/`.
+    cluster: String,
     /// The `upstream` label: the server URL, or [`NO_UPSTREAM`].
     label: String,
     /// Per method, per status code (index `code - 100`); allocated on the method's first request.
@@ -177,8 +181,9 @@ pub struct UpstreamStats {
 }
 
 impl UpstreamStats {
-    fn new(label: String) -> Self {
+    fn new(cluster: String, label: String) -> Self {
         Self {
+            cluster,
             label,
             requests: Default::default(),
             latency: Default::default(),
@@ -193,6 +198,23 @@ impl UpstreamStats {
     /// The `upstream` label value.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// The `cluster` label value: the `/clusters/<key>/` key, empty for requests at `/`.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// The label set of a series of these statistics: `base`, then `cluster` (when not `/`), then
+    /// `upstream`.
+    fn labels<'a>(&'a self, base: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut labels = Vec::with_capacity(base.len() + 2);
+        labels.extend_from_slice(base);
+        if !self.cluster.is_empty() {
+            labels.push(("cluster", self.cluster.as_str()));
+        }
+        labels.push(("upstream", self.label.as_str()));
+        labels
     }
 
     /// Counts one finished request.
@@ -223,9 +245,11 @@ impl UpstreamStats {
 /// All metrics of one kproxy instance.
 #[derive(Debug)]
 pub struct Metrics {
-    /// Per API server URL, in order of first use. Looked up only when a router is built.
+    /// Per cluster key and API server URL, in order of first use (kproxy's own answers under a
+    /// `/clusters/<key>/` prefix too). Looked up only when a router is built and for kproxy's own
+    /// answers under a prefix.
     upstreams: Mutex<Vec<Arc<UpstreamStats>>>,
-    /// Requests answered by kproxy itself.
+    /// Requests at `/` answered by kproxy itself.
     local: Arc<UpstreamStats>,
     /// Requests received whose response has not finished.
     pub(crate) in_flight: AtomicI64,
@@ -259,7 +283,7 @@ impl Metrics {
     pub fn new(tunnels: TaskTracker) -> Self {
         Self {
             upstreams: Mutex::new(Vec::new()),
-            local: Arc::new(UpstreamStats::new(NO_UPSTREAM.to_owned())),
+            local: Arc::new(UpstreamStats::new(String::new(), NO_UPSTREAM.to_owned())),
             in_flight: AtomicI64::new(0),
             open_watches: AtomicI64::new(0),
             credential_refreshes: AtomicU64::new(0),
@@ -275,13 +299,14 @@ impl Metrics {
         }
     }
 
-    /// The statistics of the API server at `url`, created on first use.
-    pub fn upstream(&self, url: &str) -> Arc<UpstreamStats> {
+    /// The statistics of requests under `cluster` (a `/clusters/<key>/` key, empty for `/`) for the
+    /// API server at `url`, created on first use.
+    pub fn upstream(&self, cluster: &str, url: &str) -> Arc<UpstreamStats> {
         let mut all = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = all.iter().find(|s| s.label == url) {
+        if let Some(s) = all.iter().find(|s| s.label == url && s.cluster == cluster) {
             return s.clone();
         }
-        let s = Arc::new(UpstreamStats::new(url.to_owned()));
+        let s = Arc::new(UpstreamStats::new(cluster.to_owned(), url.to_owned()));
         all.push(s.clone());
         s
     }
@@ -296,9 +321,18 @@ impl Metrics {
         self.refusals[reason as usize].load(Relaxed)
     }
 
-    /// The statistics of requests kproxy answered itself.
+    /// The statistics of requests at `/` kproxy answered itself.
     pub fn local(&self) -> &Arc<UpstreamStats> {
         &self.local
+    }
+
+    /// The statistics of requests under `cluster` (empty for `/`) kproxy answered itself.
+    pub fn local_for(&self, cluster: &str) -> Arc<UpstreamStats> {
+        if cluster.is_empty() {
+            self.local.clone()
+        } else {
+            self.upstream(cluster, NO_UPSTREAM)
+        }
     }
 
     /// Renders every metric in the Prometheus text format (0.0.4).
@@ -364,7 +398,7 @@ fn per_upstream(
     let mut m = enc.encode_descriptor(name, help, None, metric_type)?;
     for s in all {
         let Some(v) = value(s) else { continue };
-        let labels = [("upstream", s.label.as_str())];
+        let labels = s.labels(&[]);
         let mut series = m.encode_family(&labels)?;
         match metric_type {
             MetricType::Counter => {
@@ -379,12 +413,16 @@ fn per_upstream(
 impl Collector for Metrics {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
         let all = self.all_upstreams();
-        let real: Vec<_> = all[1..].to_vec();
+        let real: Vec<_> = all
+            .iter()
+            .filter(|s| s.label != NO_UPSTREAM)
+            .cloned()
+            .collect();
 
         {
             let mut m = enc.encode_descriptor(
                 "kproxy_requests",
-                "Requests answered, by method, status code and the API server they were for (\"none\": answered by kproxy itself)",
+                "Requests answered, by method, status code, cluster key (requests under /clusters/<key>/) and the API server they were for (\"none\": answered by kproxy itself)",
                 None,
                 MetricType::Counter,
             )?;
@@ -398,11 +436,7 @@ impl Collector for Metrics {
                             continue;
                         }
                         let code = fmt_code(&mut code_buf, ci + 100);
-                        let labels = [
-                            ("method", METHODS[mi]),
-                            ("code", code),
-                            ("upstream", s.label.as_str()),
-                        ];
+                        let labels = s.labels(&[("method", METHODS[mi]), ("code", code)]);
                         m.encode_family(&labels)?
                             .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
                     }
@@ -422,7 +456,7 @@ impl Collector for Metrics {
                     if count == 0 {
                         continue;
                     }
-                    let labels = [("method", METHODS[mi]), ("upstream", s.label.as_str())];
+                    let labels = s.labels(&[("method", METHODS[mi])]);
                     m.encode_family(&labels)?
                         .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
                 }
@@ -749,8 +783,8 @@ mod tests {
     #[test]
     fn methods_and_codes_render_with_bounded_labels() {
         let m = Arc::new(Metrics::new(TaskTracker::new()));
-        let up = m.upstream("https://10.0.0.1:443");
-        assert!(Arc::ptr_eq(&up, &m.upstream("https://10.0.0.1:443")));
+        let up = m.upstream("", "https://10.0.0.1:443");
+        assert!(Arc::ptr_eq(&up, &m.upstream("", "https://10.0.0.1:443")));
         up.record(
             MethodIndex::of(&Method::GET),
             200,
@@ -791,6 +825,40 @@ mod tests {
         assert!(text
             .contains(r#"kproxy_response_body_bytes_total{upstream="https://10.0.0.1:443"} 10"#));
         assert!(text.contains("# TYPE kproxy_open_watches gauge"));
+    }
+
+    #[test]
+    fn requests_under_a_cluster_prefix_carry_its_key_and_those_at_the_root_do_not() {
+        let m = Arc::new(Metrics::new(TaskTracker::new()));
+        let url = "https://10.0.0.1:443";
+        let root = m.upstream("", url);
+        let prod = m.upstream("prod", url);
+        assert!(
+            !Arc::ptr_eq(&root, &prod),
+            "one series per route, not per URL"
+        );
+        assert!(Arc::ptr_eq(&prod, &m.upstream("prod", url)));
+        root.record(MethodIndex::of(&Method::GET), 200, None, 0, 1);
+        prod.record(MethodIndex::of(&Method::GET), 200, None, 0, 2);
+        m.local_for("prod")
+            .record(MethodIndex::of(&Method::GET), 403, None, 0, 0);
+        assert!(Arc::ptr_eq(&m.local_for(""), m.local()));
+        let text = m.render();
+        for series in [
+            r#"kproxy_requests_total{method="GET",code="200",upstream="https://10.0.0.1:443"} 1"#,
+            r#"kproxy_requests_total{method="GET",code="200",cluster="prod",upstream="https://10.0.0.1:443"} 1"#,
+            r#"kproxy_requests_total{method="GET",code="403",cluster="prod",upstream="none"} 1"#,
+            r#"kproxy_response_body_bytes_total{cluster="prod",upstream="https://10.0.0.1:443"} 2"#,
+            r#"kproxy_upstream_connections_opened_total{cluster="prod",upstream="https://10.0.0.1:443"} 0"#,
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
+        assert!(
+            !text.contains(
+                r#"kproxy_upstream_connections_opened_total{cluster="prod",upstream="none"}"#
+            ),
+            "kproxy's own answers open no connection:\n{text}"
+        );
     }
 
     #[test]

@@ -165,7 +165,7 @@ impl Record {
         self.status = status;
         self.proto = seen.proto();
         if seen.outcome == Outcome::Local && !seen.credential_failed {
-            self.stats = self.telemetry.metrics.local().clone();
+            self.stats = self.telemetry.metrics.local_for(self.stats.cluster());
         }
         if self.long_running {
             self.telemetry.metrics.open_watches.fetch_add(1, Relaxed);
@@ -217,6 +217,7 @@ impl Record {
                     proto: self.proto,
                     upstream: (self.stats.label() != crate::telemetry::metrics::NO_UPSTREAM)
                         .then(|| self.stats.label()),
+                    cluster: (!self.stats.cluster().is_empty()).then(|| self.stats.cluster()),
                 },
             );
         }

@@ -748,6 +748,8 @@ pub struct Kproxy {
     pub addr: SocketAddr,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// `http://127.0.0.1:PORT` of the admin listener, when the configuration has one.
+    pub admin: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), kproxy::StartupError>>>,
 }
@@ -778,6 +780,9 @@ impl Kproxy {
         // errors (bad keys) surface now, and a test may change files on disk right after.
         let app = App::build(config).await?;
         let addr = app.local_addr().unwrap();
+        let admin = app
+            .admin_addr()
+            .map(|a| format!("http://127.0.0.1:{}", a.port()));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             app.serve(async move {
@@ -789,9 +794,18 @@ impl Kproxy {
         Ok(Kproxy {
             addr,
             url: format!("http://127.0.0.1:{}", addr.port()),
+            admin,
             shutdown: Some(tx),
             task: Some(task),
         })
+    }
+
+    /// [`Kproxy::start`] with the admin listener (`/healthz`, `/readyz`, `/metrics`) on 127.0.0.1:0,
+    /// its URL in [`Kproxy::admin`].
+    pub async fn with_admin(args: &[&str], env: MapEnv) -> Kproxy {
+        Kproxy::start_with(args, env, |c| c.admin_address = Some("127.0.0.1:0".into()))
+            .await
+            .expect("kproxy failed to start")
     }
 
     /// Starts kproxy against `kubeconfig` plus extra flags, with an empty environment.
@@ -925,6 +939,20 @@ pub struct KproxyProcess {
 
 pub fn kproxy_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kproxy")
+}
+
+/// The real kubectl (v1.32), the reference: `/usr/bin/kubectl` or `$KPROXY_TEST_KUBECTL`. Fails, saying
+/// so, when it is not installed: CI has it.
+pub fn kubectl_bin() -> std::path::PathBuf {
+    let path = std::env::var_os("KPROXY_TEST_KUBECTL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/usr/bin/kubectl"));
+    assert!(
+        path.exists(),
+        "kubectl not found at {}: this test needs the real kubectl (v1.32); install it or set KPROXY_TEST_KUBECTL",
+        path.display()
+    );
+    path
 }
 
 /// Runs kproxy to completion (for startup failures) and returns (exit code, stdout, stderr).
