@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -30,18 +30,6 @@ const SECRET: &str = "SECRET-TOKEN-diff-5e1";
 /// How long either proxy may take to print its startup line or exit: kubectl proxy needs about 0.1 s;
 /// the bound only turns a hang into a failure on a loaded machine.
 const START: Duration = Duration::from_secs(20);
-
-fn kubectl() -> PathBuf {
-    let path = std::env::var_os("KPROXY_TEST_KUBECTL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/kubectl"));
-    assert!(
-        path.exists(),
-        "kubectl not found at {}: this test needs the real kubectl (v1.32); install it or set KPROXY_TEST_KUBECTL",
-        path.display()
-    );
-    path
-}
 
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -149,7 +137,7 @@ enum Documented {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kproxy_starts_on_exactly_the_kubeconfigs_kubectl_proxy_starts_on() {
-    let kubectl = kubectl();
+    let kubectl = kubectl_bin();
     let api = FakeApi::builder().start().await;
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");

@@ -11,18 +11,6 @@ use common::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
-fn kubectl() -> PathBuf {
-    let path = std::env::var_os("KPROXY_TEST_KUBECTL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/kubectl"));
-    assert!(
-        path.exists(),
-        "kubectl not found at {}: these tests need the real kubectl (v1.32); install it or set KPROXY_TEST_KUBECTL",
-        path.display()
-    );
-    path
-}
-
 struct Bed {
     api: FakeApi,
     kp: Kproxy,
@@ -83,7 +71,7 @@ async fn output(mut cmd: Command, stdin: Option<&[u8]>) -> (i32, String, String)
 
 #[tokio::test]
 async fn kubectl_exec_runs_over_websocket_through_kproxy() {
-    let bin = kubectl();
+    let bin = kubectl_bin();
     let bed = bed(&["--reject-paths="]).await;
     let (code, out, err) = output(
         bed.kubectl(&bin, &["exec", "web", "--", "echo", "hello"]),
@@ -97,7 +85,7 @@ async fn kubectl_exec_runs_over_websocket_through_kproxy() {
 
 #[tokio::test]
 async fn kubectl_exec_with_stdin_streams_both_ways() {
-    let bin = kubectl();
+    let bin = kubectl_bin();
     let bed = bed(&["--reject-paths="]).await;
     let (code, out, err) = output(
         bed.kubectl(&bin, &["exec", "-i", "web", "--", "cat"]),
@@ -111,7 +99,7 @@ async fn kubectl_exec_with_stdin_streams_both_ways() {
 
 #[tokio::test]
 async fn kubectl_attach_runs_through_kproxy() {
-    let bin = kubectl();
+    let bin = kubectl_bin();
     let bed = bed(&["--disable-filter"]).await;
     let (code, out, err) = output(bed.kubectl(&bin, &["attach", "web", "-c", "main"]), None).await;
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
@@ -124,7 +112,7 @@ async fn kubectl_attach_runs_through_kproxy() {
 
 #[tokio::test]
 async fn kubectl_exec_is_rejected_by_default_and_says_why() {
-    let bin = kubectl();
+    let bin = kubectl_bin();
     let bed = bed(&[]).await;
     let (code, out, err) = output(bed.kubectl(&bin, &["exec", "web", "--", "true"]), None).await;
     assert_ne!(code, 0, "stdout: {out}");
@@ -138,7 +126,7 @@ async fn kubectl_exec_is_rejected_by_default_and_says_why() {
 /// Runs `kubectl port-forward` with `KUBECTL_PORT_FORWARD_WEBSOCKETS=websockets` and checks that
 /// echoes come back and that the upgrade was `expect_upgrade` (WebSocket or SPDY/3.1).
 async fn port_forward(websockets: Option<&str>, expect_upgrade: &str) {
-    let bin = kubectl();
+    let bin = kubectl_bin();
     let bed = bed(&[]).await;
     let mut cmd = bed.kubectl(&bin, &["port-forward", "pod/web", ":80"]);
     if let Some(v) = websockets {

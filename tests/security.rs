@@ -7,13 +7,10 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine as _;
-use clap::Parser;
 use common::streams::{raw_upgrade, ws_headers};
 use common::*;
 use http::{HeaderMap, StatusCode};
-use kproxy::cli::Cli;
 use kproxy::env::MapEnv;
-use kproxy::{App, Config, Listen};
 
 async fn proxy(api: &FakeApi, extra: &[&str]) -> Kproxy {
     let kc = kubeconfig_for(api, "kc.yaml", "token: kubeconfig-token");
@@ -1067,37 +1064,6 @@ async fn read_only_lets_reads_reviews_and_dry_runs_through_and_nothing_else() {
     kp.stop().await;
 }
 
-/// kproxy with its admin listener, for `/metrics`.
-async fn with_admin(
-    args: &[&str],
-) -> (
-    String,
-    String,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
-    let cli = Cli::try_parse_from(std::iter::once("kproxy").chain(args.iter().copied())).unwrap();
-    let mut config = Config::from_cli(&cli, &MapEnv::default()).unwrap();
-    config.listen = Listen::Tcp {
-        address: "127.0.0.1".into(),
-        port: 0,
-    };
-    config.admin_address = Some("127.0.0.1:0".into());
-    let app = App::build(config).await.expect("kproxy starts");
-    let addr = app.local_addr().unwrap();
-    let admin_addr = app.admin_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(app.serve(async move {
-        let _ = rx.await;
-    }));
-    (
-        format!("http://127.0.0.1:{}", addr.port()),
-        format!("http://127.0.0.1:{}/metrics", admin_addr.port()),
-        tx,
-        task,
-    )
-}
-
 fn refusals(metrics: &str, reason: &str) -> u64 {
     let prefix = format!("kproxy_refusals_total{{reason=\"{reason}\"}} ");
     metrics
@@ -1117,7 +1083,9 @@ async fn refusals_are_counted_by_reason() {
     std::fs::write(&file, "tok").unwrap();
     let kc_flag = format!("--kubeconfig={}", kc.display());
     let tok_flag = format!("--auth-token-file={}", file.display());
-    let (url, metrics_url, stop, task) = with_admin(&[&kc_flag, &tok_flag, "--read-only"]).await;
+    let kp = Kproxy::with_admin(&[&kc_flag, &tok_flag, "--read-only"], MapEnv::default()).await;
+    let url = kp.url.clone();
+    let metrics_url = format!("{}/metrics", kp.admin.as_deref().unwrap());
     let auth = ("authorization", "Bearer tok");
     for (headers, method, path) in [
         (
@@ -1163,8 +1131,7 @@ async fn refusals_are_counted_by_reason() {
     ] {
         assert_eq!(refusals(&text, reason), n, "{reason}");
     }
-    let _ = stop.send(());
-    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    kp.stop().await;
 }
 
 /// The unix socket serves only kproxy's own user (and `--allow-uid`). Connecting as another user needs

@@ -495,7 +495,7 @@ impl Guard {
 }
 
 /// The `Host` the request was addressed to: the absolute-form authority, else the `Host` header.
-fn request_host<B>(req: &Request<B>) -> &str {
+pub(super) fn request_host<B>(req: &Request<B>) -> &str {
     match req.uri().authority() {
         Some(a) => a.as_str(),
         None => req

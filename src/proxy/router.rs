@@ -167,14 +167,7 @@ impl Router {
             None => guard::Accepted::Open,
         };
         if let Some(filter) = &self.filter {
-            let host = match req.uri().authority() {
-                Some(a) => a.as_str(),
-                None => req
-                    .headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or(""),
-            };
+            let host = guard::request_host(&req);
             if let Err(rejection) = filter.check(req.method().as_str(), &filter_path, host) {
                 tracing::info!(
                     "Filter rejecting {} {} {}",
@@ -235,16 +228,8 @@ impl Router {
         let Some(filter) = &self.filter else {
             return Ok(());
         };
-        let host = match req.uri().authority() {
-            Some(a) => a.as_str(),
-            None => req
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or(""),
-        };
         filter
-            .check(req.method().as_str(), path, host)
+            .check(req.method().as_str(), path, guard::request_host(req))
             .map_err(|rejection| ProxyError::Filtered {
                 method: req.method().to_string(),
                 path: path.to_owned(),
