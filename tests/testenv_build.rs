@@ -17,7 +17,8 @@ const WAIT: Duration = Duration::from_secs(60);
 /// Packages the stand-in `go list -deps` reports.
 const PACKAGES: usize = 40;
 
-/// A stand-in `go`: `list` names PACKAGES packages; `build` names FAKE_GO_BUILT of them on stderr,
+/// A stand-in `go`: `list` names PACKAGES packages; `build` is silent for FAKE_GO_SILENT seconds (a
+/// cold module cache: go downloads before it compiles), names FAKE_GO_BUILT packages on stderr,
 /// FAKE_GO_PAUSE seconds apart (as `go build -v` does), then writes the output binary; every call is
 /// appended to FAKE_GO_CALLS.
 const FAKE_GO: &str = r#"#!/usr/bin/env bash
@@ -28,6 +29,7 @@ case $1 in
   build)
     out=
     while [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; shift; done
+    sleep "$FAKE_GO_SILENT"
     for i in $(seq "$FAKE_GO_BUILT"); do echo "example.com/pkg$i" >&2; sleep "$FAKE_GO_PAUSE"; done
     printf '#!/bin/sh\necho standin\n' >"$out"
     chmod +x "$out" ;;
@@ -83,6 +85,11 @@ impl Bed {
 
     /// build.sh in a process group of its own, its stderr read line by line.
     fn start(&self, built: usize, pause: &str) -> Run {
+        self.start_after_silence("0", built, pause)
+    }
+
+    /// [`Bed::start`] with a stand-in build that names no package for its first `silent` seconds.
+    fn start_after_silence(&self, silent: &str, built: usize, pause: &str) -> Run {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apiserver/build.sh");
         let (key, value) = self.marker.split_once('=').unwrap();
         // `env --default-signal=INT`: a test process started from a shell's background job ignores
@@ -97,6 +104,7 @@ impl Bed {
             .env("FAKE_GO_CALLS", self.dir.path().join("calls"))
             .env("FAKE_GO_BUILT", built.to_string())
             .env("FAKE_GO_PAUSE", pause)
+            .env("FAKE_GO_SILENT", silent)
             .env(key, value)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -293,6 +301,29 @@ fn a_first_build_says_what_and_how_long_prints_progress_each_interval_then_reuse
         again.stderr()
     );
     assert_eq!(bed.go_calls("build"), 1);
+}
+
+#[test]
+fn progress_before_the_first_compiled_package_is_reported_not_fatal() {
+    // A cold Go module cache: go downloads for minutes before it names a package. The progress tick
+    // then found nothing to report and, under `set -e -o pipefail`, ended the build silently (exit 1,
+    // no message) — what CI's first run on a fresh machine met.
+    let bed = Bed::new();
+    let mut run = bed.start_after_silence("2.5", 2, "0.2");
+    let (status, stdout) = run.finish();
+    let stderr = run.stderr();
+    assert!(status.success(), "{status}: {stderr:#?}");
+    assert_eq!(
+        Path::new(stdout.lines().last().unwrap_or_default()),
+        bed.out_dir().join("k8s-testenv")
+    );
+    assert!(
+        stderr
+            .iter()
+            .filter_map(|l| progress(l))
+            .any(|(_, compiled)| compiled == 0),
+        "no progress line while nothing was compiled yet: {stderr:#?}"
+    );
 }
 
 #[test]

@@ -93,7 +93,9 @@ while [ -z "$status" ]; do
     total=
     if ! kill -0 "$listpid" 2>/dev/null; then total=$(wc -l <"$pkgs"); [ "$total" -gt 0 ] || total=; fi
     compiled=$(grep -cvE '[ :#]' "$log" 2>/dev/null || true)
-    last=$(grep -vE '[ :#]' "$log" 2>/dev/null | tail -n 1)
+    # `|| true`: before go names its first package (it may download modules for minutes) grep finds
+    # nothing, and under pipefail that would end the script silently.
+    last=$(grep -vE '[ :#]' "$log" 2>/dev/null | tail -n 1 || true)
     echo "build.sh: building k8s-testenv: $(elapsed "$start") elapsed, ${compiled:-0}${total:+ of $total} packages compiled${last:+ (latest: $last)}" >&2
   fi
 done
