@@ -499,3 +499,61 @@ async fn in_cluster_service_account() {
     .expect("no configuration at all");
     assert!(err.to_string().contains("KUBERNETES_SERVICE_HOST"), "{err}");
 }
+
+#[test]
+fn a_broken_file_is_refused_for_the_reason_kubectl_gives_first() {
+    // client-go decodes the whole file (types, then `*-data` base64) before it turns the lists into
+    // name-keyed maps, so kubectl names a wrong type or bad base64 even when a name is also repeated,
+    // and bad base64 in an entry nobody uses still refuses the file. Found by tests/kubeconfig_diff.rs.
+    let dir = tempfile::tempdir().unwrap();
+    let base = "apiVersion: v1\nkind: Config\ncurrent-context: x\n\
+                clusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\n\
+                contexts:\n- name: x\n  context:\n    cluster: c\n    user: u\n";
+    let cases = [
+        (
+            "users:\n- name: u\n  user:\n    token: 5\n- name: u\n  user: {}\n",
+            "users[0].user: invalid type: integer `5`, expected a string",
+        ),
+        (
+            "users:\n- name: u\n  user:\n    token: t\n- name: other\n  user:\n    client-key-data: c2Vj!cmV0\n- name: u\n  user: {}\n",
+            "illegal base64 data in client-key-data of user \"other\": invalid symbol at input byte 4",
+        ),
+        (
+            "users:\n- name: u\n  user:\n    token: t\n- name: u\n  user: {}\n",
+            "duplicate name \"u\" in list users",
+        ),
+    ];
+    for (users, reason) in cases {
+        let kc = dir.path().join("config");
+        std::fs::write(&kc, format!("{base}{users}")).unwrap();
+        let (code, stdout, stderr) = run_kproxy(&[&kc_arg(&kc), "--port=0"], &[]);
+        assert_eq!(code, 64, "{users}: {stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.contains(reason),
+            "{users}: want {reason:?}, got {stderr}"
+        );
+        assert!(!stderr.contains("c2Vj"), "key data in the error: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn a_null_list_entry_is_an_empty_entry_as_kubectl_reads_it() {
+    // `users:\n-\n- name: u` decodes in Go to a nameless, empty user plus `u`: kubectl proxy serves.
+    let api = FakeApi::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("config");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: x\nclusters:\n-\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
+             contexts:\n- name: x\n  context:\n    cluster: c\n    user: u\nusers:\n-\n- name: u\n  user:\n    token: null-entry-token\n",
+            api.url,
+            api.ca_path.display()
+        ),
+    )
+    .unwrap();
+    let got = through(&api, &[&kc_arg(&kc)], MapEnv::default()).await;
+    assert_eq!(got.headers["authorization"], "Bearer null-entry-token");
+}

@@ -466,20 +466,21 @@ fn resolve(
             .unwrap_or_default(),
         None => Cluster::default(),
     };
-    let mut user = match &user_name {
-        Some(name) => kc
-            .auth_infos
-            .iter()
-            .find(|u| &u.name == name)
-            .ok_or_else(|| ConfigError::NotFound {
-                kind: "user",
-                name: name.clone(),
-                hint: ": check the context's user or --user",
-            })?
-            .auth_info
-            .clone()
-            .unwrap_or_default(),
-        None => AuthInfo::default(),
+    // A missing user is reported after the cluster's own problems: client-go validates the cluster
+    // first (and then, having no user, prompts for a password), so kubectl names those first.
+    let (mut user, missing_user) = match &user_name {
+        Some(name) => match kc.auth_infos.iter().find(|u| &u.name == name) {
+            Some(u) => (u.auth_info.clone().unwrap_or_default(), None),
+            None => (
+                AuthInfo::default(),
+                Some(ConfigError::NotFound {
+                    kind: "user",
+                    name: name.clone(),
+                    hint: ": check the context's user or --user",
+                }),
+            ),
+        },
+        None => (AuthInfo::default(), None),
     };
     apply_overrides(&mut cluster, &mut user, &opts.overrides);
 
@@ -506,6 +507,9 @@ fn resolve(
         })?;
     let (tls, auth, impersonate) = user_material(&cluster, &user, user_name.clone())?;
     let server = parse_server(&server, &tls)?;
+    if let Some(missing) = missing_user {
+        return Err(missing);
+    }
     let auth = AuthConfig {
         user_origin: user_name.as_deref().and_then(|n| origins.user(n)),
         ..auth
@@ -583,7 +587,12 @@ fn decode_data(field: &str, owner: &str, data: &str) -> Result<Vec<u8>, ConfigEr
     let compact: String = data.split_ascii_whitespace().collect();
     base64::engine::general_purpose::STANDARD
         .decode(compact.as_bytes())
-        .map_err(|e| ConfigError::Invalid(format!("{field} of {owner} is not valid base64: {e}")))
+        .map_err(|e| {
+            ConfigError::Invalid(format!(
+                "{field} of {owner} is not valid base64: {}",
+                crate::kube::kubeconfig_file::redact_b64(&e)
+            ))
+        })
 }
 
 fn pem_source(

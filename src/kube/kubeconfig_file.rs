@@ -35,15 +35,17 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Kubeconfig, String> {
         return Err("the file is not a YAML mapping".to_owned());
     };
     check_kind(top)?;
-    for (list, what) in [
-        ("clusters", "NamedCluster"),
-        ("users", "NamedAuthInfo"),
-        ("contexts", "NamedContext"),
-    ] {
-        complete_list(top, list, what)?;
+    for list in LISTS {
+        name_nameless(top, list.0);
     }
+    // client-go's order: the typed decoding (types, then the base64 of `*-data` fields, which Go's JSON
+    // decodes into []byte) fails first; the conversion to name-keyed maps (duplicate names) after.
     let mut kc: Kubeconfig =
         serde_json::from_value(value.clone()).map_err(|e| locate(&value, e))?;
+    check_data(&kc)?;
+    for (list, go_type) in LISTS {
+        check_unique(&value, list, go_type)?;
+    }
     if let Some(dir) = path.parent() {
         absolute_paths(&mut kc, dir);
     }
@@ -122,37 +124,96 @@ fn check_kind(top: &serde_json::Map<String, Value>) -> Result<(), String> {
     Ok(())
 }
 
-/// Gives nameless entries client-go's empty name and rejects a name used twice in one list, as
-/// client-go's conversion to its name-keyed maps does.
-fn complete_list(
-    top: &mut serde_json::Map<String, Value>,
-    list: &str,
-    go_type: &str,
-) -> Result<(), String> {
+/// The lists client-go converts into maps keyed by name, with the Go type named in its error.
+const LISTS: [(&str, &str); 3] = [
+    ("clusters", "NamedCluster"),
+    ("users", "NamedAuthInfo"),
+    ("contexts", "NamedContext"),
+];
+
+/// Gives nameless entries client-go's empty name (`name` is an optional string there); a `null`
+/// entry is Go's zero value, an entry with an empty name and nothing else.
+fn name_nameless(top: &mut serde_json::Map<String, Value>, list: &str) {
     let Some(Value::Array(entries)) = top.get_mut(list) else {
+        return;
+    };
+    for entry in entries.iter_mut() {
+        if entry.is_null() {
+            *entry = Value::Object(serde_json::Map::new());
+        }
+        if let Value::Object(map) = entry {
+            if matches!(map.get("name"), None | Some(Value::Null)) {
+                map.insert("name".to_owned(), Value::String(String::new()));
+            }
+        }
+    }
+}
+
+/// Rejects a name used twice in one list, as client-go's conversion to its name-keyed maps does.
+fn check_unique(value: &Value, list: &str, go_type: &str) -> Result<(), String> {
+    let Some(Value::Array(entries)) = value.get(list) else {
         return Ok(());
     };
     let mut names = std::collections::HashSet::new();
-    for entry in entries.iter_mut() {
-        let Value::Object(map) = entry else {
-            continue;
-        };
-        let name = match map.get("name") {
-            None | Some(Value::Null) => {
-                map.insert("name".to_owned(), Value::String(String::new()));
-                String::new()
-            }
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => continue, // a type error, reported by the typed decoding
-        };
-        if !names.insert(name.clone()) {
+    for name in entries.iter().filter_map(|e| e.get("name")?.as_str()) {
+        if !names.insert(name) {
             return Err(format!(
                 "error converting *[]{go_type} into a map: duplicate name {:?} in list {list}",
-                crate::base::echo::bounded(&name)
+                crate::base::echo::bounded(name)
             ));
         }
     }
     Ok(())
+}
+
+/// Every `*-data` field, used or not, must be base64: Go's JSON decoding of `[]byte` refuses the whole
+/// file otherwise (`illegal base64 data at input byte N`). Go's decoder skips line breaks; so does this.
+fn check_data(kc: &Kubeconfig) -> Result<(), String> {
+    use base64::Engine as _;
+    use secrecy::ExposeSecret as _;
+    let clusters = kc.clusters.iter().filter_map(|c| {
+        let data = c.cluster.as_ref()?.certificate_authority_data.as_deref()?;
+        Some(("certificate-authority-data", "cluster", &c.name, data))
+    });
+    let users = kc.auth_infos.iter().flat_map(|u| {
+        let info = u.auth_info.as_ref();
+        [
+            (
+                "client-certificate-data",
+                info.and_then(|i| i.client_certificate_data.as_deref()),
+            ),
+            (
+                "client-key-data",
+                info.and_then(|i| i.client_key_data.as_ref().map(|k| k.expose_secret())),
+            ),
+        ]
+        .into_iter()
+        .filter_map(move |(field, data)| Some((field, "user", &u.name, data?)))
+    });
+    for (field, kind, name, data) in clusters.chain(users) {
+        let compact: String = data.split(['\r', '\n']).collect();
+        if let Err(e) = base64::engine::general_purpose::STANDARD.decode(compact.as_bytes()) {
+            // The error names a position and a symbol class, never the data (a key may be there).
+            return Err(format!(
+                "illegal base64 data in {field} of {kind} {:?}: {}",
+                crate::base::echo::bounded(name),
+                redact_b64(&e)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A base64 error without the offending byte (it may be part of a private key).
+pub(crate) fn redact_b64(e: &base64::DecodeError) -> String {
+    match e {
+        base64::DecodeError::InvalidByte(at, _) => format!("invalid symbol at input byte {at}"),
+        base64::DecodeError::InvalidLength(_) => "invalid length".to_owned(),
+        base64::DecodeError::InvalidLastSymbol(at, _) => {
+            format!("invalid last symbol at input byte {at}")
+        }
+        base64::DecodeError::InvalidPadding => "invalid padding".to_owned(),
+    }
 }
 
 /// Says where a typed decoding error is: the entry of `clusters`, `users` or `contexts` whose

@@ -49,6 +49,7 @@ pub fn mutate_kubeconfig(rng: &mut Rng, base: &str, server: &str) -> Vec<u8> {
         ("server: https://127.0.0.1:6443", "server: {a: b}"),
         ("    namespace: default\n", "    namespace: [default]\n"),
         ("users:\n", "users: {}\n"),
+        ("users:\n", "users:\n-\n"),
         ("users:\n", "users: 5\n"),
         ("clusters:\n", "clusters: ~\n"),
         ("apiVersion: v1", "apiVersion: v2"),
