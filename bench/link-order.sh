@@ -12,5 +12,11 @@ trap 'rm -rf "$tmp"' EXIT
 # The same build as `cargo build --release` (same symbol names), keeping the symbol table.
 cargo rustc --release --locked --bin kproxy -- -C strip=none >&2
 cp target/release/kproxy "$tmp/kproxy-symbols"
-python3 "$here/bench.py" link-order --kproxy "$tmp/kproxy-symbols" --out link/symbol-order.txt
+# The image's static build (build/static.sh, same flags) names its functions with other hashes: its names
+# go into the same file, beside their counterparts.
+target="$(uname -m)-unknown-linux-gnu"
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" CARGO_PROFILE_RELEASE_STRIP=none \
+  cargo build --release --locked --target "$target" --bin kproxy >&2
+python3 "$here/bench.py" link-order --kproxy "$tmp/kproxy-symbols" \
+  --also "target/$target/release/kproxy" --out link/symbol-order.txt
 cargo build --release --locked >&2
