@@ -255,7 +255,8 @@ pub struct Security {
     /// kproxy: require every API request to carry this token, as "Authorization: Bearer TOKEN" or as
     /// the WebSocket subprotocol base64url.bearer.authorization.k8s.io.<base64url TOKEN>, so that other
     /// local users and processes cannot borrow your credentials. PATH is a file holding the token;
-    /// "auto" writes a new random token to a new 0600 file and prints its path on stderr.
+    /// "auto" writes a new random token to a new 0600 file and prints its path on stderr. A PATH is
+    /// re-read when it changes (checked at most once a second).
     #[arg(long = "auth-token-file", value_name = "PATH|auto")]
     pub auth_token_file: Option<String>,
 

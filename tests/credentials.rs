@@ -606,7 +606,7 @@ async fn client_certificate_files_reload_and_retire_pooled_connections() {
     );
     let kc = kubeconfig_for(&api, "kc.yaml", &user);
     let kp = start_kc(&kc, MapEnv::default(), |c| {
-        c.timing.tls_file_check_period = Duration::ZERO
+        c.timing.file_check_period = Duration::ZERO
     })
     .await;
     assert_eq!(get(&format!("{}/version", kp.url)).await.0, 200);
@@ -666,7 +666,7 @@ async fn certificate_authority_file_reload() {
         "token: t",
     );
     let kp = start_kc(&kc, MapEnv::default(), |c| {
-        c.timing.tls_file_check_period = Duration::ZERO
+        c.timing.file_check_period = Duration::ZERO
     })
     .await;
     let (s, _, body) = get(&format!("{}/version", kp.url)).await;

@@ -1208,3 +1208,88 @@ fn unix_socket_peers_must_be_kproxys_user() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_rotated_token_file_is_in_force_on_the_next_request_and_a_broken_one_keeps_the_last() {
+    // A Secret volume rotates the token in place (a new file swapped in); the app then sends the new
+    // token. The check period is 0 here so that every request re-reads the file (1 s outside tests).
+    let api = FakeApi::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "token-one\n").unwrap();
+    let flag = format!("--auth-token-file={}", file.display());
+    let kc = kubeconfig_for(&api, "kc.yaml", "token: kubeconfig-token");
+    let kc_flag = format!("--kubeconfig={}", kc.display());
+    let kp = Kproxy::start_with(&[&kc_flag, &flag], MapEnv::default(), |c| {
+        c.timing.file_check_period = Duration::ZERO;
+    })
+    .await
+    .unwrap();
+    let with = |token: &'static str| [("authorization", token)];
+    let a = send_to(
+        &kp,
+        &api,
+        "GET",
+        "/api/v1/pods",
+        &with("Bearer token-one"),
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 200);
+
+    let swap = |contents: &str| {
+        let tmp = dir.path().join("token.new");
+        std::fs::write(&tmp, contents).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+    };
+    swap("token-two\n");
+    let a = send_to(
+        &kp,
+        &api,
+        "GET",
+        "/api/v1/pods",
+        &with("Bearer token-two"),
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 200, "the rotated token is refused");
+    let a = send_to(
+        &kp,
+        &api,
+        "GET",
+        "/api/v1/pods",
+        &with("Bearer token-one"),
+        "",
+    )
+    .await;
+    assert!(a.refused(401).contains("not the one"));
+
+    // Emptied, unprintable, removed: the last good token stays; the file's content never becomes it.
+    for broken in ["", "two words\n"] {
+        swap(broken);
+        let a = send_to(
+            &kp,
+            &api,
+            "GET",
+            "/api/v1/pods",
+            &with("Bearer token-two"),
+            "",
+        )
+        .await;
+        assert_eq!(a.status, 200, "{broken:?} replaced the token");
+    }
+    std::fs::remove_file(&file).unwrap();
+    let a = send_to(
+        &kp,
+        &api,
+        "GET",
+        "/api/v1/pods",
+        &with("Bearer token-two"),
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 200, "a removed file dropped the token");
+    let a = send_to(&kp, &api, "GET", "/api/v1/pods", &[], "").await;
+    a.refused(401);
+    kp.stop().await;
+}

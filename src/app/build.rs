@@ -71,7 +71,7 @@ pub fn build_router(
     cluster: &str,
     lifecycle: &Lifecycle,
 ) -> Result<Arc<Router>, StartupError> {
-    let tls = TlsState::new(&config.cluster.tls, config.timing.tls_file_check_period)?;
+    let tls = TlsState::new(&config.cluster.tls, config.timing.file_check_period)?;
     // ops: count the pools' connections per API server.
     let stats = lifecycle
         .telemetry
@@ -117,7 +117,11 @@ pub fn build_router(
         .as_ref()
         .map(|(dir, prefix)| (prefix.clone(), StaticFiles::new(dir, prefix)));
     // issue 13: origin checks, CORS, the inbound token and --read-only.
-    let guard = Guard::new(&config.guard, lifecycle.telemetry.metrics.clone());
+    let guard = Guard::new(
+        &config.guard,
+        lifecycle.telemetry.metrics.clone(),
+        config.timing.file_check_period,
+    );
     Ok(Arc::new(
         Router::new(config.api_prefix.clone(), www, config.filter.clone(), proxy).with_guard(guard),
     ))

@@ -19,7 +19,8 @@
 //!
 //! The checks allocate nothing when the headers they look at are absent.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -54,12 +55,27 @@ pub struct GuardConfig {
 }
 
 /// The token clients must present (`--auth-token-file`). Never printed: its `Debug` is redacted and it
-/// appears in no message.
+/// appears in no message. A file the user gave is checked for a new token at most once a second on the
+/// request path (a Secret volume rotates it in place); a file that cannot be read or holds no valid
+/// token keeps the last good one, with one warning, as client-go does with its token files.
 #[derive(Clone)]
 pub struct InboundToken {
-    secret: Arc<[u8]>,
+    /// Shared by every configuration built from the same flags, so a reload keeps what was re-read.
+    state: Arc<Mutex<TokenState>>,
     /// The file it came from (named in messages), removed at exit when kproxy created it.
     file: Arc<TokenFile>,
+}
+
+#[derive(Debug)]
+struct TokenState {
+    secret: Arc<[u8]>,
+    /// The file's bytes when last read, so that an unchanged file is not parsed again.
+    seen: Vec<u8>,
+    /// When the file is next read (never, for a token kproxy generated).
+    due: Option<Instant>,
+    period: Duration,
+    /// The current unusable-file streak was logged already.
+    logged: bool,
 }
 
 impl std::fmt::Debug for InboundToken {
@@ -86,18 +102,35 @@ impl Drop for TokenFile {
     }
 }
 
+/// How often, at most, a `--auth-token-file` is checked for a new token: the period of the TLS files
+/// ([`crate::kube::tls::TLS_FILE_CHECK_PERIOD`]), for the same reason: an idle kproxy does no work, and
+/// the first request after a rotation already sees the new token.
+pub const TOKEN_FILE_CHECK_PERIOD: Duration = Duration::from_secs(1);
+
+/// The token in a `--auth-token-file`'s bytes: surrounding whitespace trimmed, not empty, printable.
+fn parse_token<'a>(path: &std::path::Path, bytes: &'a [u8]) -> Result<&'a [u8], String> {
+    let token = bytes.trim_ascii();
+    if token.is_empty() {
+        return Err(format!(
+            "--auth-token-file={}: the file is empty: put a token in it, or use --auth-token-file=auto",
+            path.display()
+        ));
+    }
+    if token.iter().any(|b| !b.is_ascii_graphic()) {
+        return Err(format!(
+            "--auth-token-file={}: the token must be printable ASCII without spaces (it travels in an HTTP header)",
+            path.display()
+        ));
+    }
+    Ok(token)
+}
+
 impl InboundToken {
     /// Reads the token from `path` (surrounding whitespace trimmed; it must not be empty).
     pub fn from_file(path: &std::path::Path) -> Result<InboundToken, String> {
         let bytes = std::fs::read(path)
             .map_err(|e| format!("--auth-token-file={}: {e}", path.display()))?;
-        let token = bytes.trim_ascii();
-        if token.is_empty() {
-            return Err(format!(
-                "--auth-token-file={}: the file is empty: put a token in it, or use --auth-token-file=auto",
-                path.display()
-            ));
-        }
+        let token = parse_token(path, &bytes)?;
         if let Ok(meta) = std::fs::metadata(path) {
             use std::os::unix::fs::PermissionsExt as _;
             if meta.permissions().mode() & 0o077 != 0 {
@@ -108,14 +141,14 @@ impl InboundToken {
                 );
             }
         }
-        if token.iter().any(|b| !b.is_ascii_graphic()) {
-            return Err(format!(
-                "--auth-token-file={}: the token must be printable ASCII without spaces (it travels in an HTTP header)",
-                path.display()
-            ));
-        }
         Ok(InboundToken {
-            secret: Arc::from(token),
+            state: Arc::new(Mutex::new(TokenState {
+                secret: Arc::from(token),
+                seen: bytes.clone(),
+                due: Some(Instant::now() + TOKEN_FILE_CHECK_PERIOD),
+                period: TOKEN_FILE_CHECK_PERIOD,
+                logged: false,
+            })),
             file: Arc::new(TokenFile {
                 path: path.to_owned(),
                 owned: false,
@@ -154,7 +187,13 @@ impl InboundToken {
             .and_then(|()| file.write_all(b"\n"))
             .map_err(|e| err(&format!("writing {}", file_guard.path.display()), e))?;
         Ok(InboundToken {
-            secret: Arc::from(token.as_bytes()),
+            state: Arc::new(Mutex::new(TokenState {
+                secret: Arc::from(token.as_bytes()),
+                seen: Vec::new(),
+                due: None,
+                period: TOKEN_FILE_CHECK_PERIOD,
+                logged: false,
+            })),
             file: Arc::new(file_guard),
         })
     }
@@ -164,9 +203,55 @@ impl InboundToken {
         &self.file.path
     }
 
+    /// Sets how often the file is checked (tests shorten it; see [`TOKEN_FILE_CHECK_PERIOD`]).
+    pub(crate) fn set_check_period(&self, period: Duration) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(due) = &mut state.due {
+            *due = Instant::now() + period;
+        }
+        state.period = period;
+    }
+
+    /// The token in force, the file re-read first when due.
+    fn current(&self) -> Arc<[u8]> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if state.due.is_some_and(|due| now >= due) {
+            state.due = Some(now + state.period);
+            let path = &self.file.path;
+            let read = std::fs::read(path)
+                .map_err(|e| format!("--auth-token-file={}: {e}", path.display()));
+            match read {
+                Ok(bytes) if bytes == state.seen => {}
+                Ok(bytes) => match parse_token(path, &bytes) {
+                    Ok(token) => {
+                        state.secret = Arc::from(token);
+                        state.seen = bytes;
+                        state.logged = false;
+                        tracing::info!(
+                            "--auth-token-file={}: a new token is in force",
+                            path.display()
+                        );
+                    }
+                    Err(why) => Self::keep(&mut state, &why),
+                },
+                Err(why) => Self::keep(&mut state, &why),
+            }
+        }
+        state.secret.clone()
+    }
+
+    /// The file is unusable (being rewritten, or removed): the last good token stays, said once.
+    fn keep(state: &mut TokenState, why: &str) {
+        if !state.logged {
+            state.logged = true;
+            tracing::warn!("{why}; the token read before stays in force");
+        }
+    }
+
     /// Whether `candidate` is the token, in time independent of where they differ.
     fn matches(&self, candidate: &[u8]) -> bool {
-        constant_time_eq(&self.secret, candidate)
+        constant_time_eq(&self.current(), candidate)
     }
 }
 
@@ -375,7 +460,10 @@ pub struct Guard {
 
 impl Guard {
     /// A guard counting its refusals in `metrics`.
-    pub fn new(config: &GuardConfig, metrics: Arc<Metrics>) -> Guard {
+    pub fn new(config: &GuardConfig, metrics: Arc<Metrics>, token_check_period: Duration) -> Guard {
+        if let Some(token) = &config.token {
+            token.set_check_period(token_check_period);
+        }
         Guard {
             allow_any_origin: config.allow_any_origin,
             cors_origins: config.cors_origins.clone().into_boxed_slice(),

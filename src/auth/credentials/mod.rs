@@ -46,8 +46,8 @@ pub struct Timing {
     pub token_file_period: Duration,
     /// How long an exec plugin may run.
     pub exec_timeout: Duration,
-    /// How often certificate and CA files are checked for changes.
-    pub tls_file_check_period: Duration,
+    /// How often certificate, CA and `--auth-token-file` files are checked for changes.
+    pub file_check_period: Duration,
 }
 
 impl Default for Timing {
@@ -55,7 +55,7 @@ impl Default for Timing {
         Self {
             token_file_period: TOKEN_FILE_PERIOD,
             exec_timeout: exec::EXEC_TIMEOUT,
-            tls_file_check_period: TLS_FILE_CHECK_PERIOD,
+            file_check_period: TLS_FILE_CHECK_PERIOD,
         }
     }
 }
