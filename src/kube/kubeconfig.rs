@@ -291,45 +291,102 @@ pub enum ConfigError {
 
 /// Loads and resolves the configuration.
 pub fn load(opts: &LoadOptions, env: &dyn Env) -> Result<ResolvedConfig, ConfigError> {
-    let files = kubeconfig_files(opts, env)?;
-    let mut merged = Kubeconfig::default();
-    let mut origins = Origins::default();
-    let mut read = Vec::new();
-    for (path, required) in &files {
-        let kc = match read_file(path, *required)? {
-            Some(kc) => kc,
-            None => continue,
-        };
-        origins.record(&kc, path);
-        merged = merged.merge(kc).map_err(|e| ConfigError::Parse {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        read.push(path.clone());
+    Kubeconfigs::read(opts, env)?.resolve(opts, env)
+}
+
+/// The kubeconfig files, read and merged once: what [`load`] resolves, and what every context of
+/// `--all-contexts` is resolved from without reading and parsing the files again per context.
+pub struct Kubeconfigs {
+    files: Vec<(PathBuf, bool)>,
+    merged: Kubeconfig,
+    origins: Origins,
+    read: Vec<PathBuf>,
+}
+
+impl Kubeconfigs {
+    /// Reads and merges the files `opts` and `env` name (first definition wins, as in client-go).
+    pub fn read(opts: &LoadOptions, env: &dyn Env) -> Result<Kubeconfigs, ConfigError> {
+        let files = kubeconfig_files(opts, env)?;
+        let mut merged = Kubeconfig::default();
+        let mut origins = Origins::default();
+        let mut read = Vec::new();
+        for (path, required) in &files {
+            let kc = match read_file(path, *required)? {
+                Some(kc) => kc,
+                None => continue,
+            };
+            origins.record(&kc, path);
+            merged = merged.merge(kc).map_err(|e| ConfigError::Parse {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            read.push(path.clone());
+        }
+        Ok(Kubeconfigs {
+            files,
+            merged,
+            origins,
+            read,
+        })
     }
 
-    let is_empty = merged.clusters.is_empty()
-        && merged.auth_infos.is_empty()
-        && merged.contexts.is_empty()
-        && merged.current_context.as_deref().unwrap_or("").is_empty();
-    if is_empty && opts.overrides.server.is_none() && opts.context.is_none() {
-        if let Some(dir) = incluster_possible(opts, env) {
-            return incluster(dir, opts, env);
-        }
-        let looked = if read.is_empty() {
-            match files.first() {
-                Some((p, _)) if files.len() == 1 => format!("{} does not exist", p.display()),
-                Some(_) => "no file in $KUBECONFIG exists".to_owned(),
-                None => "$HOME is not set".to_owned(),
+    /// Resolves the context, cluster and user `opts` select (the in-cluster configuration when the
+    /// files define nothing and nothing was asked for).
+    pub fn resolve(
+        &self,
+        opts: &LoadOptions,
+        env: &dyn Env,
+    ) -> Result<ResolvedConfig, ConfigError> {
+        let merged = &self.merged;
+        let is_empty = merged.clusters.is_empty()
+            && merged.auth_infos.is_empty()
+            && merged.contexts.is_empty()
+            && merged.current_context.as_deref().unwrap_or("").is_empty();
+        if is_empty && opts.overrides.server.is_none() && opts.context.is_none() {
+            if let Some(dir) = incluster_possible(opts, env) {
+                return incluster(dir, opts, env);
             }
-        } else {
-            "the kubeconfig defines no cluster".to_owned()
-        };
-        return Err(ConfigError::NoConfig {
-            looked: format!("{looked} and KUBERNETES_SERVICE_HOST is not set"),
-        });
+            let looked = if self.read.is_empty() {
+                match self.files.first() {
+                    Some((p, _)) if self.files.len() == 1 => {
+                        format!("{} does not exist", p.display())
+                    }
+                    Some(_) => "no file in $KUBECONFIG exists".to_owned(),
+                    None => "$HOME is not set".to_owned(),
+                }
+            } else {
+                "the kubeconfig defines no cluster".to_owned()
+            };
+            return Err(ConfigError::NoConfig {
+                looked: format!("{looked} and KUBERNETES_SERVICE_HOST is not set"),
+            });
+        }
+        resolve(merged, &self.origins, self.read.clone(), opts)
     }
-    resolve(merged, &origins, read, opts)
+
+    /// The named contexts in file order, and the current context.
+    pub fn contexts(&self) -> (Vec<ContextEntry>, Option<String>) {
+        let entries = self
+            .merged
+            .contexts
+            .iter()
+            .filter(|c| !c.name.is_empty())
+            .map(|c| ContextEntry {
+                name: c.name.clone(),
+                cluster: c
+                    .context
+                    .as_ref()
+                    .map(|x| x.cluster.clone())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let current = self
+            .merged
+            .current_context
+            .clone()
+            .filter(|c| !c.is_empty());
+        (entries, current)
+    }
 }
 
 /// Files in precedence order, each with whether it must exist. Also what the reloader watches.
@@ -414,7 +471,7 @@ impl Origins {
 }
 
 fn resolve(
-    kc: Kubeconfig,
+    kc: &Kubeconfig,
     origins: &Origins,
     files: Vec<PathBuf>,
     opts: &LoadOptions,
@@ -1030,35 +1087,4 @@ pub struct ContextEntry {
     pub name: String,
     /// The name of the cluster it uses.
     pub cluster: String,
-}
-
-/// The contexts of the merged kubeconfig files, in file order (first definition wins, as in the merge),
-/// and the current context. In-cluster configuration has none.
-pub fn contexts(
-    opts: &LoadOptions,
-    env: &dyn Env,
-) -> Result<(Vec<ContextEntry>, Option<String>), ConfigError> {
-    let mut merged = Kubeconfig::default();
-    for (path, required) in kubeconfig_files(opts, env)? {
-        if let Some(kc) = read_file(&path, required)? {
-            merged = merged.merge(kc).map_err(|e| ConfigError::Parse {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        }
-    }
-    let entries = merged
-        .contexts
-        .iter()
-        .filter(|c| !c.name.is_empty())
-        .map(|c| ContextEntry {
-            name: c.name.clone(),
-            cluster: c
-                .context
-                .as_ref()
-                .map(|x| x.cluster.clone())
-                .unwrap_or_default(),
-        })
-        .collect();
-    Ok((entries, merged.current_context.filter(|c| !c.is_empty())))
 }
