@@ -413,164 +413,193 @@ fn per_upstream(
 impl Collector for Metrics {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
         let all = self.all_upstreams();
-        let real: Vec<_> = all
-            .iter()
-            .filter(|s| s.label != NO_UPSTREAM)
-            .cloned()
-            .collect();
+        encode_requests(&mut enc, &all)?;
+        encode_traffic(&mut enc, &all)?;
+        self.encode_activity(&mut enc)?;
+        self.encode_lifecycle(&mut enc)?;
+        process::encode(&mut enc)
+    }
+}
 
-        {
-            let mut m = enc.encode_descriptor(
-                "kproxy_requests",
-                "Requests answered, by method, status code, cluster key (requests under /clusters/<key>/) and the API server they were for (\"none\": answered by kproxy itself)",
-                None,
-                MetricType::Counter,
-            )?;
-            let mut code_buf = itoa_buf();
-            for s in &all {
-                for (mi, row) in s.requests.iter().enumerate() {
-                    let Some(row) = row.get() else { continue };
-                    for (ci, n) in row.iter().enumerate() {
-                        let n = n.load(Relaxed);
-                        if n == 0 {
-                            continue;
-                        }
-                        let code = fmt_code(&mut code_buf, ci + 100);
-                        let labels = s.labels(&[("method", METHODS[mi]), ("code", code)]);
-                        m.encode_family(&labels)?
-                            .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
-                    }
-                }
-            }
-        }
-        {
-            let mut m = enc.encode_descriptor(
-                "kproxy_request_duration_seconds",
-                "Time from a request's headers to the end of its response body; watches, followed logs and upgrades are left out",
-                None,
-                MetricType::Histogram,
-            )?;
-            for s in &all {
-                for (mi, h) in s.latency.iter().enumerate() {
-                    let (sum, count, buckets) = h.read();
-                    if count == 0 {
+/// `kproxy_requests_total` and `kproxy_request_duration_seconds`, per route and upstream.
+fn encode_requests(
+    enc: &mut DescriptorEncoder<'_>,
+    all: &[Arc<UpstreamStats>],
+) -> std::fmt::Result {
+    {
+        let mut m = enc.encode_descriptor(
+            "kproxy_requests",
+            "Requests answered, by method, status code, cluster key (requests under /clusters/<key>/) and the API server they were for (\"none\": answered by kproxy itself)",
+            None,
+            MetricType::Counter,
+        )?;
+        let mut code_buf = itoa_buf();
+        for s in all {
+            for (mi, row) in s.requests.iter().enumerate() {
+                let Some(row) = row.get() else { continue };
+                for (ci, n) in row.iter().enumerate() {
+                    let n = n.load(Relaxed);
+                    if n == 0 {
                         continue;
                     }
-                    let labels = s.labels(&[("method", METHODS[mi])]);
+                    let code = fmt_code(&mut code_buf, ci + 100);
+                    let labels = s.labels(&[("method", METHODS[mi]), ("code", code)]);
                     m.encode_family(&labels)?
-                        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+                        .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
                 }
             }
         }
-        per_upstream(
-            &mut enc,
-            &all,
-            "kproxy_request_body_bytes",
-            "Request body bytes received from clients, as declared by Content-Length",
-            MetricType::Counter,
-            |s| Some(s.request_bytes.load(Relaxed) as i64),
+    }
+    {
+        let mut m = enc.encode_descriptor(
+            "kproxy_request_duration_seconds",
+            "Time from a request's headers to the end of its response body; watches, followed logs and upgrades are left out",
+            None,
+            MetricType::Histogram,
         )?;
-        per_upstream(
-            &mut enc,
-            &all,
-            "kproxy_response_body_bytes",
-            "Response body bytes sent to clients",
-            MetricType::Counter,
-            |s| Some(s.response_bytes.load(Relaxed) as i64),
-        )?;
-        per_upstream(
-            &mut enc,
-            &real,
-            "kproxy_upstream_connections_opened",
-            "Connections kproxy opened to the API server (upgrade tunnels excluded)",
-            MetricType::Counter,
-            |s| Some(s.connections_opened.load(Relaxed) as i64),
-        )?;
-        per_upstream(
-            &mut enc,
-            &real,
-            "kproxy_upstream_connections",
-            "Connections to the API server that are open now (upgrade tunnels excluded)",
-            MetricType::Gauge,
-            |s| Some(s.connections_open.load(Relaxed)),
-        )?;
-        per_upstream(
-            &mut enc,
-            &real,
-            "kproxy_upstream_connect_errors",
-            "Failed attempts to connect to the API server (TCP or TLS)",
-            MetricType::Counter,
-            |s| Some(s.connect_errors.load(Relaxed) as i64),
-        )?;
+        for s in all {
+            for (mi, h) in s.latency.iter().enumerate() {
+                let (sum, count, buckets) = h.read();
+                if count == 0 {
+                    continue;
+                }
+                let labels = s.labels(&[("method", METHODS[mi])]);
+                m.encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Body bytes per route and upstream, and the connections to each API server.
+fn encode_traffic(enc: &mut DescriptorEncoder<'_>, all: &[Arc<UpstreamStats>]) -> std::fmt::Result {
+    // kproxy's own answers open no connection.
+    let real: Vec<_> = all
+        .iter()
+        .filter(|s| s.label != NO_UPSTREAM)
+        .cloned()
+        .collect();
+    per_upstream(
+        enc,
+        all,
+        "kproxy_request_body_bytes",
+        "Request body bytes received from clients, as declared by Content-Length",
+        MetricType::Counter,
+        |s| Some(s.request_bytes.load(Relaxed) as i64),
+    )?;
+    per_upstream(
+        enc,
+        all,
+        "kproxy_response_body_bytes",
+        "Response body bytes sent to clients",
+        MetricType::Counter,
+        |s| Some(s.response_bytes.load(Relaxed) as i64),
+    )?;
+    per_upstream(
+        enc,
+        &real,
+        "kproxy_upstream_connections_opened",
+        "Connections kproxy opened to the API server (upgrade tunnels excluded)",
+        MetricType::Counter,
+        |s| Some(s.connections_opened.load(Relaxed) as i64),
+    )?;
+    per_upstream(
+        enc,
+        &real,
+        "kproxy_upstream_connections",
+        "Connections to the API server that are open now (upgrade tunnels excluded)",
+        MetricType::Gauge,
+        |s| Some(s.connections_open.load(Relaxed)),
+    )?;
+    per_upstream(
+        enc,
+        &real,
+        "kproxy_upstream_connect_errors",
+        "Failed attempts to connect to the API server (TCP or TLS)",
+        MetricType::Counter,
+        |s| Some(s.connect_errors.load(Relaxed) as i64),
+    )?;
+    Ok(())
+}
+
+impl Metrics {
+    /// What is in flight now, credentials, and refusals.
+    fn encode_activity(&self, enc: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         gauge(
-            &mut enc,
+            enc,
             "kproxy_requests_in_flight",
             "Requests received whose response has not finished",
             self.in_flight.load(Relaxed),
         )?;
         gauge(
-            &mut enc,
+            enc,
             "kproxy_open_watches",
             "Watches and followed logs currently streaming",
             self.open_watches.load(Relaxed),
         )?;
         gauge(
-            &mut enc,
+            enc,
             "kproxy_open_upgrades",
             "Upgrade tunnels (exec, attach, port-forward) currently open",
             self.tunnels.len() as i64,
         )?;
         counter(
-            &mut enc,
+            enc,
             "kproxy_credential_refreshes",
             "Attempts to refresh the credential (re-read a token file, re-run a plugin)",
             self.credential_refreshes.load(Relaxed),
         )?;
         counter(
-            &mut enc,
+            enc,
             "kproxy_credential_refresh_failures",
             "Credential refreshes that failed (the last good credential, if any, stays in use)",
             self.credential_refresh_failures.load(Relaxed),
         )?;
         counter(
-            &mut enc,
+            enc,
             "kproxy_credential_errors",
             "Requests kproxy could not give a credential to (answered 401)",
             self.credential_errors.load(Relaxed),
         )?;
         {
             let mut m = enc.encode_descriptor(
-                "kproxy_refusals",
-                "Requests kproxy refused itself, by rule: origin, cross_site, token (--auth-token-file), peer_uid (unix-socket connections, --allow-uid), read_only_* (--read-only)",
-                None,
-                MetricType::Counter,
-            )?;
+                    "kproxy_refusals",
+                    "Requests kproxy refused itself, by rule: origin, cross_site, token (--auth-token-file), peer_uid (unix-socket connections, --allow-uid), read_only_* (--read-only)",
+                    None,
+                    MetricType::Counter,
+                )?;
             for reason in RefusalReason::ALL {
                 let labels = [("reason", reason.label())];
                 m.encode_family(&labels)?
                     .encode_counter::<NoLabelSet, _, u64>(&self.refusals(reason), None)?;
             }
         }
+        Ok(())
+    }
+
+    /// Reloads, the last upstream answer, start time and version.
+    fn encode_lifecycle(&self, enc: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         counter(
-            &mut enc,
+            enc,
             "kproxy_config_reloads",
             "Configuration reloads that took effect",
             self.reloads.load(Relaxed),
         )?;
         counter(
-            &mut enc,
+            enc,
             "kproxy_config_reload_failures",
             "Configuration reloads that failed; the previous configuration stayed in force",
             self.reload_failures.load(Relaxed),
         )?;
         gauge(
-            &mut enc,
+            enc,
             "kproxy_config_last_reload_timestamp_seconds",
             "Unix time of the last configuration reload that took effect (0: none since start)",
             self.last_reload_unix.load(Relaxed) as i64,
         )?;
         gauge(
-            &mut enc,
+            enc,
             "kproxy_upstream_last_answer_timestamp_seconds",
             "Unix time of the last answer from the API server, any status (0: none since start)",
             match self.last_upstream_answer_ms.load(Relaxed) {
@@ -579,7 +608,7 @@ impl Collector for Metrics {
             },
         )?;
         gauge(
-            &mut enc,
+            enc,
             "kproxy_start_time_seconds",
             "Unix time at which kproxy started",
             unix_secs(self.started),
@@ -594,7 +623,7 @@ impl Collector for Metrics {
             let labels = [("version", env!("CARGO_PKG_VERSION"))];
             m.encode_family(&labels)?.encode_gauge(&1i64)?;
         }
-        process::encode(&mut enc)
+        Ok(())
     }
 }
 
