@@ -26,6 +26,7 @@ use base64::Engine as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
+use crate::kube::tls::TLS_FILE_CHECK_PERIOD;
 use crate::telemetry::metrics::{Metrics, RefusalReason};
 use crate::wire::body::Body;
 
@@ -68,7 +69,7 @@ pub struct InboundToken {
 
 #[derive(Debug)]
 struct TokenState {
-    secret: Arc<[u8]>,
+    secret: Box<[u8]>,
     /// The file's bytes when last read, so that an unchanged file is not parsed again.
     seen: Vec<u8>,
     /// When the file is next read (never, for a token kproxy generated).
@@ -101,11 +102,6 @@ impl Drop for TokenFile {
         }
     }
 }
-
-/// How often, at most, a `--auth-token-file` is checked for a new token: the period of the TLS files
-/// ([`crate::kube::tls::TLS_FILE_CHECK_PERIOD`]), for the same reason: an idle kproxy does no work, and
-/// the first request after a rotation already sees the new token.
-pub const TOKEN_FILE_CHECK_PERIOD: Duration = Duration::from_secs(1);
 
 /// The token in a `--auth-token-file`'s bytes: surrounding whitespace trimmed, not empty, printable.
 fn parse_token<'a>(path: &std::path::Path, bytes: &'a [u8]) -> Result<&'a [u8], String> {
@@ -143,10 +139,10 @@ impl InboundToken {
         }
         Ok(InboundToken {
             state: Arc::new(Mutex::new(TokenState {
-                secret: Arc::from(token),
+                secret: Box::from(token),
                 seen: bytes.clone(),
-                due: Some(Instant::now() + TOKEN_FILE_CHECK_PERIOD),
-                period: TOKEN_FILE_CHECK_PERIOD,
+                due: Some(Instant::now() + TLS_FILE_CHECK_PERIOD),
+                period: TLS_FILE_CHECK_PERIOD,
                 logged: false,
             })),
             file: Arc::new(TokenFile {
@@ -188,10 +184,10 @@ impl InboundToken {
             .map_err(|e| err(&format!("writing {}", file_guard.path.display()), e))?;
         Ok(InboundToken {
             state: Arc::new(Mutex::new(TokenState {
-                secret: Arc::from(token.as_bytes()),
+                secret: Box::from(token.as_bytes()),
                 seen: Vec::new(),
                 due: None,
-                period: TOKEN_FILE_CHECK_PERIOD,
+                period: TLS_FILE_CHECK_PERIOD,
                 logged: false,
             })),
             file: Arc::new(file_guard),
@@ -203,7 +199,9 @@ impl InboundToken {
         &self.file.path
     }
 
-    /// Sets how often the file is checked (tests shorten it; see [`TOKEN_FILE_CHECK_PERIOD`]).
+    /// Sets how often the file is checked: `Timing::file_check_period`, the period of the TLS files
+    /// ([`TLS_FILE_CHECK_PERIOD`] outside tests), for the same reason: an idle kproxy does no work,
+    /// and the first request after a rotation already sees the new token.
     pub(crate) fn set_check_period(&self, period: Duration) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(due) = &mut state.due {
@@ -212,8 +210,9 @@ impl InboundToken {
         state.period = period;
     }
 
-    /// The token in force, the file re-read first when due.
-    fn current(&self) -> Arc<[u8]> {
+    /// Whether `candidate` is the token in force (the file re-read first when due), in time
+    /// independent of where they differ. The lock is held for the comparison: no copy of the secret.
+    fn matches(&self, candidate: &[u8]) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if state.due.is_some_and(|due| now >= due) {
@@ -222,10 +221,10 @@ impl InboundToken {
             let read = std::fs::read(path)
                 .map_err(|e| format!("--auth-token-file={}: {e}", path.display()));
             match read {
-                Ok(bytes) if bytes == state.seen => {}
+                Ok(bytes) if bytes == state.seen => state.logged = false,
                 Ok(bytes) => match parse_token(path, &bytes) {
                     Ok(token) => {
-                        state.secret = Arc::from(token);
+                        state.secret = Box::from(token);
                         state.seen = bytes;
                         state.logged = false;
                         tracing::info!(
@@ -238,7 +237,7 @@ impl InboundToken {
                 Err(why) => Self::keep(&mut state, &why),
             }
         }
-        state.secret.clone()
+        constant_time_eq(&state.secret, candidate)
     }
 
     /// The file is unusable (being rewritten, or removed): the last good token stays, said once.
@@ -247,11 +246,6 @@ impl InboundToken {
             state.logged = true;
             tracing::warn!("{why}; the token read before stays in force");
         }
-    }
-
-    /// Whether `candidate` is the token, in time independent of where they differ.
-    fn matches(&self, candidate: &[u8]) -> bool {
-        constant_time_eq(&self.current(), candidate)
     }
 }
 
