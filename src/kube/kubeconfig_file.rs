@@ -169,7 +169,6 @@ fn check_unique(value: &Value, list: &str, go_type: &str) -> Result<(), String> 
 /// Every `*-data` field, used or not, must be base64: Go's JSON decoding of `[]byte` refuses the whole
 /// file otherwise (`illegal base64 data at input byte N`). Go's decoder skips line breaks; so does this.
 fn check_data(kc: &Kubeconfig) -> Result<(), String> {
-    use base64::Engine as _;
     use secrecy::ExposeSecret as _;
     let clusters = kc.clusters.iter().filter_map(|c| {
         let data = c.cluster.as_ref()?.certificate_authority_data.as_deref()?;
@@ -191,21 +190,28 @@ fn check_data(kc: &Kubeconfig) -> Result<(), String> {
         .filter_map(move |(field, data)| Some((field, "user", &u.name, data?)))
     });
     for (field, kind, name, data) in clusters.chain(users) {
-        let compact: String = data.split(['\r', '\n']).collect();
-        if let Err(e) = base64::engine::general_purpose::STANDARD.decode(compact.as_bytes()) {
-            // The error names a position and a symbol class, never the data (a key may be there).
+        if let Err(why) = decode_data(data) {
             return Err(format!(
-                "illegal base64 data in {field} of {kind} {:?}: {}",
+                "illegal base64 data in {field} of {kind} {:?}: {why}",
                 crate::base::echo::bounded(name),
-                redact_b64(&e)
             ));
         }
     }
     Ok(())
 }
 
+/// Decodes a `*-data` field as Go's JSON decoding of `[]byte` does (standard base64, line breaks
+/// skipped). The error names a position and a symbol class, never the data: a key may be there.
+pub(crate) fn decode_data(data: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let compact: String = data.split(['\r', '\n']).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .map_err(|e| redact_b64(&e))
+}
+
 /// A base64 error without the offending byte (it may be part of a private key).
-pub(crate) fn redact_b64(e: &base64::DecodeError) -> String {
+fn redact_b64(e: &base64::DecodeError) -> String {
     match e {
         base64::DecodeError::InvalidByte(at, _) => format!("invalid symbol at input byte {at}"),
         base64::DecodeError::InvalidLength(_) => "invalid length".to_owned(),
