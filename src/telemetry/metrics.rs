@@ -7,8 +7,8 @@
 //! (`OTHER` for extension methods), `code` is the numeric status, `upstream` is the API server URL of a
 //! configuration that was in force (or `none` for answers kproxy gives itself), and `cluster` is the
 //! `/clusters/<key>/` key a request came in under: at most one per served context, and absent for
-//! requests at `/`, so a kproxy serving one cluster renders the same series it always did. The per-code counters
-//! of a method are allocated the first time that method is seen, so an idle kproxy carries a few
+//! requests at `/`, so a kproxy serving one cluster renders the same series it always did. The
+//! per-code counters of a method are allocated the first time that method is seen, so an idle kproxy carries a few
 //! hundred bytes of metrics. The registry only describes how to render these atomics
 //! ([`Collector`]); it is built when the admin listener starts.
 
@@ -178,11 +178,15 @@ pub struct UpstreamStats {
     connections_open: AtomicI64,
     /// Failed connection attempts (TCP, TLS).
     connect_errors: AtomicU64,
+    /// Where the answers kproxy gives itself on the same route are counted (`upstream="none"`, same
+    /// `cluster`); `None` for those statistics themselves.
+    own: Option<Arc<UpstreamStats>>,
 }
 
 impl UpstreamStats {
-    fn new(cluster: String, label: String) -> Self {
+    fn new(cluster: String, label: String, own: Option<Arc<UpstreamStats>>) -> Self {
         Self {
+            own,
             cluster,
             label,
             requests: Default::default(),
@@ -203,6 +207,12 @@ impl UpstreamStats {
     /// The `cluster` label value: the `/clusters/<key>/` key, empty for requests at `/`.
     pub fn cluster(&self) -> &str {
         &self.cluster
+    }
+
+    /// The statistics of the answers kproxy gives itself on this route, fixed at creation so that
+    /// switching to them on the request path looks nothing up.
+    pub fn own_answers(self: &Arc<Self>) -> Arc<UpstreamStats> {
+        self.own.clone().unwrap_or_else(|| self.clone())
     }
 
     /// The label set of a series of these statistics: `base`, then `cluster` (when not `/`), then
@@ -283,7 +293,11 @@ impl Metrics {
     pub fn new(tunnels: TaskTracker) -> Self {
         Self {
             upstreams: Mutex::new(Vec::new()),
-            local: Arc::new(UpstreamStats::new(String::new(), NO_UPSTREAM.to_owned())),
+            local: Arc::new(UpstreamStats::new(
+                String::new(),
+                NO_UPSTREAM.to_owned(),
+                None,
+            )),
             in_flight: AtomicI64::new(0),
             open_watches: AtomicI64::new(0),
             credential_refreshes: AtomicU64::new(0),
@@ -302,11 +316,13 @@ impl Metrics {
     /// The statistics of requests under `cluster` (a `/clusters/<key>/` key, empty for `/`) for the
     /// API server at `url`, created on first use.
     pub fn upstream(&self, cluster: &str, url: &str) -> Arc<UpstreamStats> {
+        // Found before the lock below is taken: it takes the same lock.
+        let own = (url != NO_UPSTREAM).then(|| self.local_for(cluster));
         let mut all = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = all.iter().find(|s| s.label == url && s.cluster == cluster) {
             return s.clone();
         }
-        let s = Arc::new(UpstreamStats::new(cluster.to_owned(), url.to_owned()));
+        let s = Arc::new(UpstreamStats::new(cluster.to_owned(), url.to_owned(), own));
         all.push(s.clone());
         s
     }
@@ -564,11 +580,11 @@ impl Metrics {
         )?;
         {
             let mut m = enc.encode_descriptor(
-                    "kproxy_refusals",
-                    "Requests kproxy refused itself, by rule: origin, cross_site, token (--auth-token-file), peer_uid (unix-socket connections, --allow-uid), read_only_* (--read-only)",
-                    None,
-                    MetricType::Counter,
-                )?;
+                "kproxy_refusals",
+                "Requests kproxy refused itself, by rule: origin, cross_site, token (--auth-token-file), peer_uid (unix-socket connections, --allow-uid), read_only_* (--read-only)",
+                None,
+                MetricType::Counter,
+            )?;
             for reason in RefusalReason::ALL {
                 let labels = [("reason", reason.label())];
                 m.encode_family(&labels)?
@@ -872,6 +888,8 @@ mod tests {
         m.local_for("prod")
             .record(MethodIndex::of(&Method::GET), 403, None, 0, 0);
         assert!(Arc::ptr_eq(&m.local_for(""), m.local()));
+        assert!(Arc::ptr_eq(&prod.own_answers(), &m.local_for("prod")));
+        assert!(Arc::ptr_eq(&root.own_answers(), m.local()));
         let text = m.render();
         for series in [
             r#"kproxy_requests_total{method="GET",code="200",upstream="https://10.0.0.1:443"} 1"#,

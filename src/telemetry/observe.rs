@@ -165,7 +165,7 @@ impl Record {
         self.status = status;
         self.proto = seen.proto();
         if seen.outcome == Outcome::Local && !seen.credential_failed {
-            self.stats = self.telemetry.metrics.local_for(self.stats.cluster());
+            self.stats = self.stats.own_answers();
         }
         if self.long_running {
             self.telemetry.metrics.open_watches.fetch_add(1, Relaxed);
