@@ -1209,6 +1209,20 @@ fn unix_socket_peers_must_be_kproxys_user() {
     }
 }
 
+/// `GET /api/v1/pods` with `Authorization: Bearer <token>`.
+async fn pods(kp: &Kproxy, api: &FakeApi, token: &str) -> Answer {
+    let auth = format!("Bearer {token}");
+    send_to(
+        kp,
+        api,
+        "GET",
+        "/api/v1/pods",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_rotated_token_file_is_in_force_on_the_next_request_and_a_broken_one_keeps_the_last() {
     // A Secret volume rotates the token in place (a new file swapped in); the app then sends the new
@@ -1225,16 +1239,7 @@ async fn a_rotated_token_file_is_in_force_on_the_next_request_and_a_broken_one_k
     })
     .await
     .unwrap();
-    let with = |token: &'static str| [("authorization", token)];
-    let a = send_to(
-        &kp,
-        &api,
-        "GET",
-        "/api/v1/pods",
-        &with("Bearer token-one"),
-        "",
-    )
-    .await;
+    let a = pods(&kp, &api, "token-one").await;
     assert_eq!(a.status, 200);
 
     let swap = |contents: &str| {
@@ -1243,51 +1248,19 @@ async fn a_rotated_token_file_is_in_force_on_the_next_request_and_a_broken_one_k
         std::fs::rename(&tmp, &file).unwrap();
     };
     swap("token-two\n");
-    let a = send_to(
-        &kp,
-        &api,
-        "GET",
-        "/api/v1/pods",
-        &with("Bearer token-two"),
-        "",
-    )
-    .await;
+    let a = pods(&kp, &api, "token-two").await;
     assert_eq!(a.status, 200, "the rotated token is refused");
-    let a = send_to(
-        &kp,
-        &api,
-        "GET",
-        "/api/v1/pods",
-        &with("Bearer token-one"),
-        "",
-    )
-    .await;
+    let a = pods(&kp, &api, "token-one").await;
     assert!(a.refused(401).contains("not the one"));
 
-    // Emptied, unprintable, removed: the last good token stays; the file's content never becomes it.
+    // Emptied, unprintable, removed: the last good token stays in force.
     for broken in ["", "two words\n"] {
         swap(broken);
-        let a = send_to(
-            &kp,
-            &api,
-            "GET",
-            "/api/v1/pods",
-            &with("Bearer token-two"),
-            "",
-        )
-        .await;
+        let a = pods(&kp, &api, "token-two").await;
         assert_eq!(a.status, 200, "{broken:?} replaced the token");
     }
     std::fs::remove_file(&file).unwrap();
-    let a = send_to(
-        &kp,
-        &api,
-        "GET",
-        "/api/v1/pods",
-        &with("Bearer token-two"),
-        "",
-    )
-    .await;
+    let a = pods(&kp, &api, "token-two").await;
     assert_eq!(a.status, 200, "a removed file dropped the token");
     let a = send_to(&kp, &api, "GET", "/api/v1/pods", &[], "").await;
     a.refused(401);

@@ -307,7 +307,7 @@ fn a_first_build_says_what_and_how_long_prints_progress_each_interval_then_reuse
 fn progress_before_the_first_compiled_package_is_reported_not_fatal() {
     // A cold Go module cache: go downloads for minutes before it names a package. The progress tick
     // then found nothing to report and, under `set -e -o pipefail`, ended the build silently (exit 1,
-    // no message) — what CI's first run on a fresh machine met.
+    // no message) — what the full suite met on a fresh machine.
     let bed = Bed::new();
     let mut run = bed.start_after_silence("2.5", 2, "0.2");
     let (status, stdout) = run.finish();
