@@ -120,10 +120,7 @@ impl Entry {
                 let key = self.key.clone();
                 tokio::task::spawn_blocking(move || {
                     let router = build::build_router(&config, &key, &lifecycle)?;
-                    let stats = lifecycle
-                        .telemetry
-                        .metrics
-                        .upstream(&key, &router.proxy().server().to_string());
+                    let stats = router.proxy().stats().clone();
                     Ok::<_, StartupError>((router, stats))
                 })
                 .await

@@ -42,15 +42,9 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Wraps `router`, finding its API server's statistics in `telemetry`.
-    pub fn new(
-        router: Arc<Router>,
-        clusters: Option<Arc<ClusterSet>>,
-        telemetry: &Telemetry,
-    ) -> Self {
-        let upstream = telemetry
-            .metrics
-            .upstream("", &router.proxy().server().to_string());
+    /// Wraps `router` and the statistics its requests are counted in.
+    pub fn new(router: Arc<Router>, clusters: Option<Arc<ClusterSet>>) -> Self {
+        let upstream = router.proxy().stats().clone();
         Self {
             router,
             upstream,
@@ -76,7 +70,7 @@ impl Routers {
     ) -> Self {
         let telemetry = lifecycle.telemetry.clone();
         Self {
-            current: RwLock::new(Arc::new(Snapshot::new(router, clusters, &telemetry))),
+            current: RwLock::new(Arc::new(Snapshot::new(router, clusters))),
             telemetry,
         }
     }
@@ -91,7 +85,7 @@ impl Routers {
 
     /// Puts `router` (and the `/clusters/` contexts) in force for new requests.
     pub fn replace(&self, router: Arc<Router>, clusters: Option<Arc<ClusterSet>>) {
-        let next = Arc::new(Snapshot::new(router, clusters, &self.telemetry));
+        let next = Arc::new(Snapshot::new(router, clusters));
         let old = std::mem::replace(
             &mut *self.current.write().unwrap_or_else(|e| e.into_inner()),
             next,

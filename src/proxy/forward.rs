@@ -70,6 +70,11 @@ impl Proxy {
         &self.server
     }
 
+    /// The statistics of this route and API server (metrics).
+    pub fn stats(&self) -> &std::sync::Arc<crate::telemetry::metrics::UpstreamStats> {
+        self.upstream.stats()
+    }
+
     /// Forwards `req` with its path replaced by `path` (raw, still percent-encoded).
     pub async fn forward(
         &self,

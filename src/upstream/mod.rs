@@ -226,6 +226,11 @@ impl Upstream {
         }
     }
 
+    /// The statistics its connections, and the requests sent through it, are counted in.
+    pub fn stats(&self) -> &Arc<UpstreamStats> {
+        &self.stats
+    }
+
     /// Sends `req` (absolute URI) over the connections `class` calls for and returns the response head,
     /// with the lease that holds the request's place on a lane or among the bulk connections: keep it
     /// as long as the response body.
